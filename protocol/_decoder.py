@@ -1,0 +1,280 @@
+"""Sans-IO stream decoding: bytes in, frames and errors out. No sockets, no asyncio, no clocks.
+
+Usage (the transport only moves bytes)::
+
+    decoder = FrameDecoder()
+    decoder.feed(chunk)                      # any size, any split
+    for item in decoder.events():            # until the buffered bytes hold no complete frame
+        if isinstance(item, Frame): handle(item.message)
+        else: count_and_log(item)            # a RemoteProtocolError; decoding continues after it
+    decoder.feed_eof()                       # at end of stream: reports a truncated frame, if any
+
+Receiver algorithm (SPEC.md section 5, normative; the C client implements the same steps):
+
+1. HUNT: discard bytes until the two sync bytes E1 5A.
+2. HEADER: wait for 14 bytes. Header CRC wrong: the sync was false; discard one byte, back to 1.
+3. payload_len > max: error OVERSIZED (the header is intact, so seq and type are reported); discard the
+   14 header bytes, back to 1. Nothing of the announced payload is buffered or awaited.
+4. Wait for payload and frame CRC. Frame CRC wrong: error BAD_CRC; discard one byte, back to 1: the bytes
+   of the rejected frame are scanned again, so a valid frame that was inside it is not lost.
+6. End of stream: a candidate that can never complete is TRUNCATED; discard one byte, back to 1.
+5. Version not accepted: UNSUPPORTED_VERSION; type unknown: UNKNOWN_MESSAGE_TYPE; payload shorter than its
+   layout or a bad string: MALFORMED_PAYLOAD. Each discards the frame (its framing is sound). Else: FRAME.
+
+Garbage cases recovered from: noise before, between and after frames; false sync words in noise or in
+payloads; corrupted header (length, type or CRC); corrupted payload; truncated frame followed by a new
+frame; oversized length; frames of another protocol version.
+
+Discarded bytes are reported as one GARBAGE error per run, just before the next frame or error (or at end
+of stream), not counting bytes inside a frame already reported as BAD_CRC. So the sequence of frames and
+errors depends only on the byte stream, never on how it was split into chunks.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+from collections.abc import Iterator
+
+from ._codec import CODECS, HEADER_STRUCT, MalformedPayloadError
+from ._constants import (
+    CRC_SIZE,
+    HEADER_SIZE,
+    MAX_PAYLOAD_SIZE,
+    PROTOCOL_VERSION,
+    SYNC,
+)
+from ._crc import crc16_ccitt_false, crc32c
+from ._errors import DecodeErrorKind, RemoteProtocolError
+from ._messages import Message
+
+_SYNC0 = SYNC[0]
+
+
+class NeedData(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+
+
+NEED_DATA = NeedData.NEED_DATA
+"""Returned by ``next_frame`` when the buffered bytes hold no complete frame."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Frame:
+    """A decoded frame: its message and the header fields a receiver acts on."""
+
+    message: Message
+    seq: int
+    flags: int = 0
+    version: int = PROTOCOL_VERSION
+
+
+@dataclasses.dataclass
+class DecoderStats:
+    frames: int = 0
+    errors: int = 0
+    bytes_received: int = 0
+    bytes_garbage: int = 0
+    """Bytes discarded outside any reported frame (noise, false sync words, cut-off frames)."""
+    errors_by_kind: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+
+
+class FrameDecoder:
+    """Push decoder: ``feed()`` bytes, then ``next_frame()`` / ``events()``.
+
+    Memory: after ``events()`` is drained, at most one incomplete frame (< 14 + max_payload_size + 4
+    bytes) stays buffered. ``next_frame`` only ever raises ``RemoteProtocolError``.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_payload_size: int = MAX_PAYLOAD_SIZE,
+        accepted_versions: frozenset[int] = frozenset({PROTOCOL_VERSION}),
+    ) -> None:
+        if not 0 <= max_payload_size <= 0xFFFF:
+            raise ValueError("max_payload_size must fit the u16 length field")
+        self.max_payload_size = max_payload_size
+        self.accepted_versions = accepted_versions
+        self.stats = DecoderStats()
+        self._buf = bytearray()
+        self._offset = 0
+        """Stream offset of ``_buf[0]``."""
+        self._covered_until = 0
+        """Discarded bytes before this stream offset belong to a frame already reported as BAD_CRC."""
+        self._garbage = 0
+        self._ready: collections.deque[Frame | RemoteProtocolError] = collections.deque()
+        self._eof = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that are not yet decoded."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self._eof:
+            raise ValueError("feed() after feed_eof()")
+        self._buf += data
+        self.stats.bytes_received += len(data)
+
+    def feed_eof(self) -> None:
+        """Mark the end of the stream: buffered bytes that never became a frame are reported."""
+        self._eof = True
+
+    def next_frame(self) -> Frame | NeedData:
+        """The next frame, or NEED_DATA. Raises RemoteProtocolError for bad input, after skipping it."""
+        if not self._ready:
+            self._decode()
+        if not self._ready:
+            return NEED_DATA
+        item = self._ready.popleft()
+        if isinstance(item, RemoteProtocolError):
+            raise item
+        return item
+
+    def events(self) -> Iterator[Frame | RemoteProtocolError]:
+        """Frames and errors (as values) until the buffer holds no complete frame."""
+        while True:
+            try:
+                item = self.next_frame()
+            except RemoteProtocolError as exc:
+                yield exc
+                continue
+            if item is NEED_DATA:
+                return
+            yield item
+
+    # -- internals -----------------------------------------------------------------------------------
+
+    def _consume(self, n: int) -> None:
+        """Drop ``n`` bytes from the front; those outside a reported frame count as garbage."""
+        garbage = min(n, max(0, self._offset + n - self._covered_until))
+        self._garbage += garbage
+        self.stats.bytes_garbage += garbage
+        del self._buf[:n]  # O(1) for a bytearray: CPython moves its start pointer
+        self._offset += n
+
+    def _cover(self, n: int) -> None:
+        """The next ``n`` bytes are accounted for by a reported frame or error, not garbage."""
+        self._covered_until = max(self._covered_until, self._offset + n)
+
+    def _emit(self, item: Frame | RemoteProtocolError) -> None:
+        self._flush_garbage()
+        if isinstance(item, RemoteProtocolError):
+            self._push_error(item)
+        else:
+            self.stats.frames += 1
+            self._ready.append(item)
+
+    def _flush_garbage(self) -> None:
+        if self._garbage:
+            n, self._garbage = self._garbage, 0
+            self._push_error(RemoteProtocolError(DecodeErrorKind.GARBAGE, f"skipped {n} bytes", nbytes=n))
+
+    def _push_error(self, err: RemoteProtocolError) -> None:
+        self.stats.errors += 1
+        self.stats.errors_by_kind[err.kind.name] += 1
+        self._ready.append(err)
+
+    def _decode(self) -> None:
+        """Run the receiver algorithm until one item is ready or more bytes are needed."""
+        buf = self._buf
+        while not self._ready:
+            start = buf.find(SYNC)
+            if start < 0:
+                # Keep a trailing first sync byte: its partner may come in the next chunk.
+                keep = 1 if buf and buf[-1] == _SYNC0 and not self._eof else 0
+                self._consume(len(buf) - keep)
+                break
+            if start:
+                self._consume(start)
+            if len(buf) < HEADER_SIZE:
+                if not self._eof:
+                    break
+                self._truncated()
+                continue
+            _, version, msg_type, flags, length, seq = HEADER_STRUCT.unpack_from(buf, 0)
+            if crc16_ccitt_false(memoryview(buf)[:12]) != int.from_bytes(buf[12:14], "little"):
+                self._consume(1)  # a false sync (noise, or a header hit by corruption)
+                continue
+            if length > self.max_payload_size:
+                self._emit(
+                    RemoteProtocolError(
+                        DecodeErrorKind.OVERSIZED,
+                        f"payload length {length} exceeds the maximum {self.max_payload_size}",
+                        nbytes=HEADER_SIZE,
+                        seq=seq,
+                        msg_type=msg_type,
+                        version=version,
+                    )
+                )
+                self._cover(HEADER_SIZE)
+                self._consume(HEADER_SIZE)
+                continue
+            total = HEADER_SIZE + length + CRC_SIZE
+            if len(buf) < total:
+                if not self._eof:
+                    break
+                self._truncated()
+                continue
+            body_end = total - CRC_SIZE
+            self._cover(total)
+            if crc32c(memoryview(buf)[:body_end]) != int.from_bytes(buf[body_end:total], "little"):
+                self._emit(
+                    RemoteProtocolError(
+                        DecodeErrorKind.BAD_CRC,
+                        f"frame CRC mismatch (type 0x{msg_type:02x}, seq {seq}, {total} bytes)",
+                        nbytes=total,
+                        seq=seq,
+                        msg_type=msg_type,
+                        version=version,
+                    )
+                )
+                self._consume(1)  # rescan the rest: a valid frame may start inside the rejected one
+                continue
+            payload = bytes(buf[HEADER_SIZE:body_end])
+            self._consume(total)
+            self._emit(self._frame_or_error(version, msg_type, flags, seq, payload))
+        if self._eof and not self._ready:
+            self._flush_garbage()
+
+    def _truncated(self) -> None:
+        """At end of stream, the candidate frame at the front can never complete: report it once, then
+        rescan after its first byte, so that a complete frame inside the cut-off one is still found."""
+        if self._offset >= self._covered_until:
+            n = len(self._buf)
+            self._emit(
+                RemoteProtocolError(
+                    DecodeErrorKind.TRUNCATED, f"stream ended inside a frame ({n} bytes)", nbytes=n
+                )
+            )
+            self._cover(n)
+        self._consume(1)
+
+    def _frame_or_error(
+        self, version: int, msg_type: int, flags: int, seq: int, payload: bytes
+    ) -> Frame | RemoteProtocolError:
+        def error(kind: DecodeErrorKind, detail: str) -> RemoteProtocolError:
+            return RemoteProtocolError(
+                kind,
+                detail,
+                nbytes=len(payload) + HEADER_SIZE + CRC_SIZE,
+                seq=seq,
+                msg_type=msg_type,
+                version=version,
+            )
+
+        if version not in self.accepted_versions:
+            return error(
+                DecodeErrorKind.UNSUPPORTED_VERSION,
+                f"protocol version {version} (accepted: {sorted(self.accepted_versions)})",
+            )
+        codec = CODECS.get(msg_type)
+        if codec is None:
+            return error(DecodeErrorKind.UNKNOWN_MESSAGE_TYPE, f"message type 0x{msg_type:02x}")
+        try:
+            message = codec.decode(payload)
+        except MalformedPayloadError as exc:
+            return error(DecodeErrorKind.MALFORMED_PAYLOAD, str(exc))
+        return Frame(message, seq, flags, version)
