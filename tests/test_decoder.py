@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import protocol as p
+from protocol._codec import HEADER_STRUCT
 
 from .strategies import any_message
 
@@ -178,3 +179,21 @@ def test_accepting_a_second_version() -> None:
     frame = decoder.next_frame()
     assert isinstance(frame, p.Frame)
     assert frame.version == 2
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(p.MESSAGE_CLASSES)), st.binary(max_size=300), st.integers(0, 2**32 - 1))
+def test_random_payload_in_valid_framing(msg_type: int, payload: bytes, seq: int) -> None:
+    """Past the CRCs, any payload of a known type is a frame or MALFORMED_PAYLOAD, nothing else."""
+    head = HEADER_STRUCT.pack(p.SYNC, 1, msg_type, 0, len(payload), seq)
+    head += p.crc16_ccitt_false(head).to_bytes(2, "little")
+    body = head + payload
+    decoder = p.FrameDecoder()
+    decoder.feed(body + p.crc32c(body).to_bytes(4, "little"))
+    (item,) = list(decoder.events())
+    if isinstance(item, p.RemoteProtocolError):
+        assert item.kind is p.DecodeErrorKind.MALFORMED_PAYLOAD
+        assert item.seq == seq
+    else:
+        encoded = p.encode_payload(item.message)
+        assert p.decode_payload(msg_type, encoded) == item.message
