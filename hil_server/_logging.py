@@ -8,6 +8,12 @@ import sys
 import structlog
 
 
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    """A logger on the *current* sys.stderr: binding the stream object at configure time breaks when it is
+    later replaced (pytest capture, a daemon redirecting stderr) and logging would write to a closed file."""
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(*, json: bool = False, level: str = "info") -> None:
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:
@@ -26,6 +32,6 @@ def configure_logging(*, json: bool = False, level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )

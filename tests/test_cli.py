@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
+import structlog
 
+from hil_server._logging import configure_logging
 from hil_server.cli import main
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "vectors.json").read_text(encoding="utf-8"))
@@ -54,3 +58,17 @@ def test_decode_odd_hex(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     capture.write_text("e15")
     assert main(["decode", "--hex", str(capture)]) == 2
     assert "odd number of hex digits" in capsys.readouterr().err
+
+
+def test_logging_follows_a_replaced_stderr() -> None:
+    """configure_logging must not keep the stderr object of its call: streams get replaced and closed."""
+    first = io.StringIO()
+    sys.stderr = first
+    configure_logging()
+    first.close()
+    sys.stderr = second = io.StringIO()
+    try:
+        structlog.get_logger("t").info("after replacement", n=1)
+    finally:
+        sys.stderr = sys.__stderr__
+    assert "after replacement" in second.getvalue()
