@@ -1,0 +1,58 @@
+"""Multi-source EIS data pipeline: readers into one schema, split by cell, compact training-set files.
+
+Sources: `zhang2020` and `rashid2023` (measured, in the shared data directory, see DATA.md) and the generic
+CSV format for users' own measurements. Everything lands in `Spectrum` (standard sign: Im(Z) > 0 is
+inductive; frequencies descending; SOC and SOH as fractions) collected in a `SpectrumSet`.
+"""
+
+from ._aggregate import Collection, collect, format_report, load_all
+from ._generic import read_generic_csv, write_generic_csv
+from ._npz import content_hash, load_npz, save_npz
+from ._paths import DEFAULT_DATA_ROOT, ENV_VAR, data_root
+from ._rashid import RashidDefect, find_defects, read_rashid2023
+from ._schema import (
+    FLAG_DESCRIPTIONS,
+    FLAG_DUPLICATE,
+    FLAG_NO_CAPACITY,
+    FLAG_SOC20_LIKE_SOC5,
+    FLAG_SOC_UNLABELLED,
+    DataNotFoundError,
+    EisDataError,
+    Spectrum,
+    SpectrumSet,
+)
+from ._split import split_by_cell
+from ._zhang import PairingCheck, ZhangReadReport, read_capacity, read_zhang2020, verify_zhang_pairing
+
+__all__ = [
+    "DEFAULT_DATA_ROOT",
+    "ENV_VAR",
+    "FLAG_DESCRIPTIONS",
+    "FLAG_DUPLICATE",
+    "FLAG_NO_CAPACITY",
+    "FLAG_SOC20_LIKE_SOC5",
+    "FLAG_SOC_UNLABELLED",
+    "Collection",
+    "DataNotFoundError",
+    "EisDataError",
+    "PairingCheck",
+    "RashidDefect",
+    "Spectrum",
+    "SpectrumSet",
+    "ZhangReadReport",
+    "collect",
+    "content_hash",
+    "data_root",
+    "find_defects",
+    "format_report",
+    "load_all",
+    "load_npz",
+    "read_capacity",
+    "read_generic_csv",
+    "read_rashid2023",
+    "read_zhang2020",
+    "save_npz",
+    "split_by_cell",
+    "verify_zhang_pairing",
+    "write_generic_csv",
+]
