@@ -26,8 +26,9 @@ payloads; corrupted header (length, type or CRC); corrupted payload; truncated f
 frame; oversized length; frames of another protocol version.
 
 Discarded bytes are reported as one GARBAGE error per run, just before the next frame or error (or at end
-of stream), not counting bytes inside a frame already reported as BAD_CRC. So the sequence of frames and
-errors depends only on the byte stream, never on how it was split into chunks.
+of stream), not counting bytes inside a span already reported (a BAD_CRC frame, an OVERSIZED header, a
+TRUNCATED tail). So the sequence of frames and errors depends only on the byte stream, never on how it was
+split into chunks.
 """
 
 from __future__ import annotations
