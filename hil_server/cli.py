@@ -6,10 +6,12 @@ Command output goes to stdout; logs (structlog) go to stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import structlog
 
 import protocol as p
@@ -71,6 +73,180 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0 if stats.errors == 0 else 1
 
 
+def _model_dir(args: argparse.Namespace) -> Path:
+    from .model.store import BUNDLED_MODEL_DIR
+
+    return Path(args.model) if args.model else BUNDLED_MODEL_DIR
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .eis_data import DataNotFoundError, EisDataError, load_all, read_generic_csv
+    from .model.train import TrainConfig, train
+
+    try:
+        spectra = load_all(args.data) if args.data else load_all()
+        for extra in args.extra:
+            spectra = spectra + read_generic_csv(extra)
+    except (DataNotFoundError, EisDataError) as exc:
+        log.error("cannot read training data", error=str(exc))
+        return 2
+    spectra = spectra.clean()
+    config = TrainConfig(seed=args.seed, epochs=args.epochs)
+    every = max(1, args.epochs // 20)
+
+    def progress(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch % every == 0 or epoch == args.epochs - 1:
+            log.info("epoch", epoch=epoch + 1, of=args.epochs, **{k: round(v, 6) for k, v in metrics.items()})
+
+    meta = train(spectra, Path(args.out), config, progress)
+    for key, value in meta["metrics"].items():
+        _write(f"{key:22} median {value['median']:.2%}  p90 {value['p90']:.2%}  n={value['n']}\n")
+    _write(f"model written to {args.out} in {meta['train_seconds']} s\n")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .eis_data import load_all
+    from .model.evaluate import evaluate, format_table
+    from .model.store import ModelLoadError, load_keras_model
+
+    try:
+        model, meta = load_keras_model(_model_dir(args))
+    except ModelLoadError as exc:
+        log.error("cannot load model", error=str(exc))
+        return 2
+    spectra = (load_all(args.data) if args.data else load_all()).clean()
+    result = evaluate(model, meta, spectra, mlp_epochs=args.mlp_epochs)
+    _write(format_table(result) + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from .model.profiles import list_profiles
+    from .model.store import ModelLoadError, read_metadata
+
+    try:
+        meta = read_metadata(_model_dir(args))
+        profiles = list_profiles(meta)
+    except ModelLoadError as exc:
+        log.error("cannot list profiles", error=str(exc))
+        return 2
+    _write(f"{'profile':20} {'base':12} {'trained SOC':>12} {'temp C':>12} {'SOH':>12}\n")
+    for prof in profiles:
+        r = meta.input_ranges[prof.base]
+        _write(
+            f"{prof.name:20} {prof.base:12} {r['soc'][0]:5.2f}..{r['soc'][1]:<5.2f} "
+            f"{r['temp_c'][0]:5.0f}..{r['temp_c'][1]:<5.0f} {r['soh'][0]:5.2f}..{r['soh'][1]:<5.2f}\n"
+        )
+    _write(
+        "Outside the trained ranges the model extrapolates (Arrhenius in temperature, physical circuit "
+        "everywhere).\n"
+    )
+    return 0
+
+
+def cmd_spectrum(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .model.calibrate import predict_with_latents
+    from .model.profiles import resolve
+    from .model.spectra_io import (
+        InputError,
+        OperatingPoint,
+        check_point,
+        read_freqs,
+        read_points,
+        write_spectra,
+    )
+    from .model.store import ModelLoadError, load_keras_model, read_metadata
+
+    try:
+        meta = read_metadata(_model_dir(args))
+        if args.points:
+            points = read_points(Path(args.points))
+        else:
+            if None in (args.profile, args.soc, args.temp_c, args.soh):
+                raise InputError("give --points FILE, or all of --profile --soc --temp-c --soh")
+            points = [OperatingPoint(args.profile, args.soc, args.temp_c, args.soh)]
+            check_point(points[0], "command line")
+        resolved = [resolve(p.profile, meta) for p in points]
+        if args.freqs:
+            freqs = read_freqs(Path(args.freqs))
+        else:
+            bases = {r.base for r in resolved}
+            if len(bases) > 1:
+                raise InputError("points of several profiles need one --freqs FILE")
+            freqs = np.array(meta.raw["freq_grids"][bases.pop()])
+        model, meta = load_keras_model(_model_dir(args))
+    except (InputError, ModelLoadError) as exc:
+        log.error("spectrum", error=str(exc))
+        return 2
+    net = model.get_layer("param_net")
+    latents = np.array([r.latent if r.latent is not None else [0.0] * net.latent_dim for r in resolved])
+    z = predict_with_latents(
+        model,
+        [meta.profile_index(r.base) for r in resolved],
+        [[p.soc, p.temp_c, p.soh] for p in points],
+        latents,
+        freqs,
+    )
+    if args.out:
+        with Path(args.out).open("w", encoding="utf-8") as handle:
+            write_spectra(handle, freqs, z)
+        log.info("spectra written", path=args.out, spectra=len(points), points=freqs.size)
+    else:
+        write_spectra(sys.stdout, freqs, z)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .eis_data import EisDataError, SpectrumSet, read_generic_csv
+    from .model.calibrate import fit_latent, predict
+    from .model.dataset import nrmse, to_arrays
+    from .model.profiles import Profile, save_calibrated
+    from .model.store import ModelLoadError, load_keras_model
+
+    try:
+        model, meta = load_keras_model(_model_dir(args))
+        index = meta.profile_index(args.profile)
+        spectra = read_generic_csv(args.spectra)
+    except (ModelLoadError, EisDataError, OSError) as exc:
+        log.error("calibrate", error=str(exc))
+        return 2
+    relabelled = SpectrumSet.of(dataclasses.replace(s, profile=args.profile) for s in spectra)
+    data = to_arrays(relabelled, meta.profiles, {})
+    before = nrmse(*predict(model, data), data)
+    latent = fit_latent(model, data)
+    after = nrmse(*predict(model, data, latent), data)
+    target = save_calibrated(
+        Profile(
+            args.name,
+            meta.profiles[index],
+            tuple(float(x) for x in latent),
+            meta.model_sha256,
+            str(args.spectra),
+        )
+    )
+    _write(
+        f"profile {args.name} (base {args.profile}) from {len(spectra)} spectra: NRMSE median "
+        f"{float(np.median(before)):.2%} with the typical cell -> {float(np.median(after)):.2%} calibrated\n"
+        f"written to {target}; use it anywhere a profile name is accepted\n"
+    )
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .scenario import validate_files
+
+    issues = validate_files(args.files)
+    for issue in issues:
+        _write(f"{issue}\n")
+    _write(f"{len(args.files)} file(s) checked, {len(issues)} error(s)\n")
+    return 1 if issues else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eis-hil", description="EIS hardware-in-the-loop server for BMS development"
@@ -92,6 +268,52 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("--hex", action="store_true", help="the capture is hex text (whitespace ignored)")
     decode.add_argument("--json", action="store_true", help="frames as JSON lines")
     decode.set_defaults(func=cmd_decode)
+
+    def model_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--model", help="model directory (model.keras + metadata.json); default: the bundled model"
+        )
+
+    train = sub.add_parser("train", help="train the PINN on the measured EIS data (needs TensorFlow)")
+    train.add_argument("--out", required=True, help="output model directory")
+    train.add_argument("--epochs", type=int, default=1200)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--data", help="data directory (default: $EIS_HIL_DATA or ../shared/data)")
+    train.add_argument("--extra", nargs="*", default=[], help="extra spectra in the generic CSV format")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="accuracy on validation cells and validity, PINN vs plain MLP")
+    model_arg(ev)
+    ev.add_argument("--data", help="data directory (default: $EIS_HIL_DATA or ../shared/data)")
+    ev.add_argument("--mlp-epochs", type=int, default=400, help="training epochs of the plain-MLP baseline")
+    ev.add_argument("--json", help="also write the results as JSON to this file")
+    ev.set_defaults(func=cmd_evaluate)
+
+    prof = sub.add_parser("profiles", help="list cell profiles with their trained input ranges")
+    model_arg(prof)
+    prof.set_defaults(func=cmd_profiles)
+
+    spec = sub.add_parser("spectrum", help="impedance spectra at given operating points, as CSV")
+    model_arg(spec)
+    spec.add_argument("--profile")
+    spec.add_argument("--soc", type=float, help="state of charge, 0..1")
+    spec.add_argument("--temp-c", type=float, help="cell temperature in degrees C")
+    spec.add_argument("--soh", type=float, help="state of health, 0..1")
+    spec.add_argument("--points", help="CSV with columns profile,soc,temp_c,soh (one spectrum per row)")
+    spec.add_argument("--freqs", help="file with one frequency in Hz per line (default: the profile's grid)")
+    spec.add_argument("--out", help="output CSV (default: stdout)")
+    spec.set_defaults(func=cmd_spectrum)
+
+    cal = sub.add_parser("calibrate", help="fit a profile for one physical cell from its measured spectra")
+    model_arg(cal)
+    cal.add_argument("--profile", required=True, help="built-in profile the cell belongs to")
+    cal.add_argument("--spectra", required=True, help="measured spectra in the generic CSV format")
+    cal.add_argument("--name", required=True, help="name of the new profile")
+    cal.set_defaults(func=cmd_calibrate)
+
+    val = sub.add_parser("validate", help="check scenario files without running them")
+    val.add_argument("files", nargs="+", metavar="FILE")
+    val.set_defaults(func=cmd_validate)
     return parser
 
 

@@ -1,0 +1,97 @@
+"""Inputs and outputs of ``eis-hil spectrum``: operating-point CSV, frequency list, result CSV."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import numpy.typing as npt
+
+POINT_COLUMNS = ("profile", "soc", "temp_c", "soh")
+
+
+class InputError(ValueError):
+    """A bad points or frequencies file: the message names file, line and column."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatingPoint:
+    profile: str
+    soc: float
+    temp_c: float
+    soh: float
+
+
+def check_point(point: OperatingPoint, where: str) -> None:
+    for name, lo, hi in (("soc", 0.0, 1.0), ("soh", 0.0, 1.0), ("temp_c", -273.15, 200.0)):
+        value = getattr(point, name)
+        if not (math.isfinite(value) and lo <= value <= hi):
+            raise InputError(f"{where}: {name}={value} outside {lo}..{hi}")
+
+
+def read_points(path: Path) -> list[OperatingPoint]:
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in POINT_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(
+                f"{path}:1: missing column(s) {', '.join(missing)} (need {','.join(POINT_COLUMNS)})"
+            )
+        points = []
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            values = {}
+            for column in ("soc", "temp_c", "soh"):
+                try:
+                    values[column] = float(row[column])
+                except (TypeError, ValueError):
+                    raise InputError(
+                        f"{where}: column '{column}': expected a number, got {row[column]!r}"
+                    ) from None
+            point = OperatingPoint((row["profile"] or "").strip(), **values)
+            if not point.profile:
+                raise InputError(f"{where}: column 'profile': empty")
+            check_point(point, where)
+            points.append(point)
+    if not points:
+        raise InputError(f"{path}: no operating points")
+    return points
+
+
+def read_freqs(path: Path) -> npt.NDArray[np.float64]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    freqs = []
+    for n, line in enumerate(lines, 1):
+        text = line.split("#")[0].strip()
+        if not text:
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            raise InputError(f"{path}:{n}: expected a frequency in Hz, got {text!r}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise InputError(f"{path}:{n}: frequency must be a positive number of Hz, got {value}")
+        freqs.append(value)
+    if not freqs:
+        raise InputError(f"{path}: no frequencies")
+    return np.array(freqs)
+
+
+def write_spectra(out: TextIO, freq_hz: npt.NDArray[np.float64], z: npt.NDArray[np.complex128]) -> None:
+    """CSV ``row,freq_hz,z_re_ohm,z_im_ohm``; row is the 0-based index of the operating point."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["row", "freq_hz", "z_re_ohm", "z_im_ohm"])
+    for row in range(z.shape[0]):
+        for f, value in zip(freq_hz, z[row], strict=True):
+            writer.writerow([row, f"{f:.6g}", f"{value.real:.9g}", f"{value.imag:.9g}"])

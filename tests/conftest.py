@@ -1,0 +1,34 @@
+"""Shared fixtures. ``trained_model``: a tiny PINN trained once per session on a few real cells (seconds)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def small_spectra():  # type: ignore[no-untyped-def]
+    from hil_server.eis_data import DataNotFoundError, load_all
+
+    try:
+        spectra = load_all().clean()
+    except DataNotFoundError as exc:
+        pytest.skip(f"measured data not available: {exc}")
+    keep = set()
+    for source in spectra.sources():
+        keep.update(spectra.filter(source=source).cells()[:4])
+    # every 4th spectrum of 4 cells per source: enough to train a few epochs in seconds
+    return spectra.filter(cells=keep)[::4]
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory, small_spectra) -> Path:  # type: ignore[no-untyped-def]
+    from hil_server.model.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("model")
+    train(small_spectra, out, TrainConfig(epochs=8, batch_size=128, val_fraction=0.3))
+    return out
