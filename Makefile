@@ -22,7 +22,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/eis-hil demo
 
-test: lint typecheck pytest ctest
+test: lint typecheck ctest pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
