@@ -150,8 +150,8 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 def cmd_spectrum(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .model.calibrate import predict_with_latents
     from .model.profiles import resolve
+    from .model.runtime import NumpyPinn
     from .model.spectra_io import (
         InputError,
         OperatingPoint,
@@ -160,7 +160,7 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
         read_points,
         write_spectra,
     )
-    from .model.store import ModelLoadError, load_keras_model, read_metadata
+    from .model.store import ModelLoadError, read_metadata
 
     try:
         meta = read_metadata(_model_dir(args))
@@ -179,19 +179,17 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
             if len(bases) > 1:
                 raise InputError("points of several profiles need one --freqs FILE")
             freqs = np.array(meta.raw["freq_grids"][bases.pop()])
-        model, meta = load_keras_model(_model_dir(args))
+        runtime = NumpyPinn.load(_model_dir(args))  # numpy only: no TensorFlow import
     except (InputError, ModelLoadError) as exc:
         log.error("spectrum", error=str(exc))
         return 2
-    net = model.get_layer("param_net")
-    latents = np.array([r.latent if r.latent is not None else [0.0] * net.latent_dim for r in resolved])
-    z = predict_with_latents(
-        model,
-        [meta.profile_index(r.base) for r in resolved],
-        [[p.soc, p.temp_c, p.soh] for p in points],
-        latents,
+    latents = np.array([r.latent if r.latent is not None else [0.0] * runtime.latent_dim for r in resolved])
+    z = runtime.impedance(
+        np.array([runtime.profile_index(r.base) for r in resolved]),
+        np.array([[p.soc, p.temp_c, p.soh] for p in points]),
         freqs,
-    )
+        latent=latents,
+    ).astype(np.complex128)
     if args.out:
         with Path(args.out).open("w", encoding="utf-8") as handle:
             write_spectra(handle, freqs, z)
@@ -234,6 +232,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         f"{float(np.median(before)):.2%} with the typical cell -> {float(np.median(after)):.2%} calibrated\n"
         f"written to {target}; use it anywhere a profile name is accepted\n"
     )
+    return 0
+
+
+def cmd_export_tflite(args: argparse.Namespace) -> int:
+    from .model.export import export_tflite
+    from .model.store import ModelLoadError
+
+    try:
+        report = export_tflite(_model_dir(args), Path(args.out), args.quantize)
+    except ModelLoadError as exc:
+        log.error("cannot export", error=str(exc))
+        return 2
+    _write(json.dumps(report, indent=1) + "\n")
     return 0
 
 
@@ -310,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--spectra", required=True, help="measured spectra in the generic CSV format")
     cal.add_argument("--name", required=True, help="name of the new profile")
     cal.set_defaults(func=cmd_calibrate)
+
+    exp = sub.add_parser("export-tflite", help="write the PINN (physics layer included) as a .tflite model")
+    model_arg(exp)
+    exp.add_argument("--out", required=True, help="output .tflite file")
+    exp.add_argument("--quantize", choices=["float32", "int8"], default="float32")
+    exp.set_defaults(func=cmd_export_tflite)
 
     val = sub.add_parser("validate", help="check scenario files without running them")
     val.add_argument("files", nargs="+", metavar="FILE")

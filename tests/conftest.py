@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The numpy runtime caches extracted weights; tests must not write into the user's ~/.cache.
+os.environ.setdefault("EIS_HIL_CACHE_DIR", tempfile.mkdtemp(prefix="eis-hil-test-cache-"))
 
 
 @pytest.fixture(scope="session")
