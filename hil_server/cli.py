@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -248,6 +249,66 @@ def cmd_export_tflite(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .model.store import ModelLoadError
+    from .scenario import ScenarioError
+    from .sim.run import DEFAULT_MAX_S, run_scenario, run_sweep, speed_text
+
+    started = time.monotonic()
+    fmt = "csv" if args.csv else "parquet"
+    max_s = args.max_s if args.max_s is not None else DEFAULT_MAX_S
+
+    def progress(simulated_s: float, steps: int) -> None:
+        wall = time.monotonic() - started
+        log.info(
+            "running", simulated_s=round(simulated_s, 1), steps=steps, speed=speed_text(simulated_s, wall)
+        )
+
+    def sweep_progress(done: int, total: int) -> None:
+        log.info("sweep", runs_done=done, of=total, wall_s=round(time.monotonic() - started, 1))
+
+    try:
+        if args.seeds:
+            results = run_sweep(
+                Path(args.file),
+                Path(args.out),
+                args.seeds,
+                model_dir=_model_dir(args),
+                max_s=max_s,
+                fmt=fmt,
+                progress=sweep_progress,
+            )
+        else:
+            results = [
+                run_scenario(
+                    Path(args.file),
+                    Path(args.out),
+                    model_dir=_model_dir(args),
+                    seed=args.seed,
+                    max_s=max_s,
+                    fmt=fmt,
+                    progress=progress,
+                )
+            ]
+    except ScenarioError as exc:
+        for issue in exc.errors:
+            _write(f"{issue}\n")
+        return 2
+    except (ModelLoadError, ValueError, OSError) as exc:
+        log.error("run", error=str(exc))
+        return 2
+    for r in results:
+        _write(
+            f"{r['scenario_name']} seed {r['seed']}: {r['simulated_s']:.1f} s simulated "
+            f"in {r['wall_s']:.1f} s "
+            f"({speed_text(r['simulated_s'], r['wall_s'])}), {r['rows']['states']} state rows, "
+            f"{r['rows']['spectra']} spectrum points, {r['rows']['faults']} fault events"
+            f"{'' if r['finished'] else ' (stopped at --max-s)'}\n"
+        )
+    _write(f"written to {args.out}\n")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .scenario import validate_files
 
@@ -327,6 +388,18 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="output .tflite file")
     exp.add_argument("--quantize", choices=["float32", "int8"], default="float32")
     exp.set_defaults(func=cmd_export_tflite)
+
+    run = sub.add_parser("run", help="run a scenario as fast as possible into files (no network)")
+    model_arg(run)
+    run.add_argument("file", help="scenario YAML")
+    run.add_argument("--out", required=True, help="output directory")
+    run.add_argument("--seed", type=int, help="seed (default: the scenario's)")
+    run.add_argument(
+        "--seeds", type=int, nargs="+", help="a sweep: one run per seed, in parallel on all cores"
+    )
+    run.add_argument("--max-s", type=float, help="stop after this many simulated seconds (default 7 days)")
+    run.add_argument("--csv", action="store_true", help="CSV files instead of Parquet")
+    run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check scenario files without running them")
     val.add_argument("files", nargs="+", metavar="FILE")
