@@ -6,11 +6,15 @@ Command output goes to stdout; logs (structlog) go to stderr.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import structlog
@@ -29,9 +33,131 @@ def _write(text: str) -> None:
     sys.stdout.write(text)
 
 
+DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "us06_25c.yaml"
+
+
+def _read_secret(args: argparse.Namespace) -> bytes | None:
+    if getattr(args, "secret_file", None):
+        return Path(args.secret_file).read_bytes().strip()
+    env = getattr(args, "secret_env", None)
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ValueError(f"environment variable {env} is not set")
+        return value.encode()
+    return None
+
+
+async def _serve(args: argparse.Namespace, scenario: Path, demo_seconds: float | None = None) -> int:
+    from .testing import start_server
+
+    secret = _read_secret(args)
+    server = await start_server(
+        scenario,
+        model_dir=_model_dir(args),
+        seed=args.seed,
+        host=args.host,
+        port=args.port,
+        speed=args.speed,
+        secret=secret,
+        max_clients=args.max_clients,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
+    if demo_seconds is not None:
+        # About four state lines per second of wall time, whatever the speed.
+        divider = max(1, round(args.speed / server.engine.dt_s / 4)) if args.speed > 0 else 100
+        tasks.append(asyncio.create_task(_demo_client(server.port, secret, demo_seconds, divider)))
+    _write(f"eis-hil serving {scenario.name} on {args.host}:{server.port} at {args.speed:g}x; Ctrl-C stops\n")
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for t in tasks:
+        t.cancel()
+    await server.stop()
+    for t in done:  # a failing demo client must not pass for a clean run
+        if not t.cancelled() and t.exception() is not None:
+            raise t.exception()  # type: ignore[misc]
+    return 0
+
+
+async def _demo_client(port: int, secret: bytes | None, seconds: float, divider: int) -> None:
+    from .client import HilClient
+
+    client = await HilClient.connect("127.0.0.1", port, name="demo-bms", secret=secret)
+    assert client.hello is not None
+    hello = client.hello
+    _write(
+        f"client connected: model {hello.model_id} ({hello.model_hash.hex()[:12]}..), scenario "
+        f"{hello.scenario_id}, {hello.cell_count} cell(s), {hello.freq_hz.size} frequencies\n"
+    )
+    await client.subscribe(divider=divider)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    try:
+        while (left := end - loop.time()) > 0:
+            try:
+                frame = await client.next_frame(timeout=left)
+            except TimeoutError:
+                break
+            _write(describe(frame) + "\n")
+    finally:
+        bad = len(client.errors)
+        _write(f"client: {client.received} frames, {client.gaps} sequence gaps, {bad} bad frames\n")
+        await client.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .model.store import ModelLoadError
+    from .scenario import ScenarioError
+
+    try:
+        return asyncio.run(_serve(args, Path(args.scenario)))
+    except ScenarioError as exc:
+        for issue in exc.errors:
+            _write(f"{issue}\n")
+        return 2
+    except (ModelLoadError, ValueError, OSError) as exc:
+        log.error("serve", error=str(exc))
+        return 2
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from .client import ClientError, HilClient
+
+    async def go() -> int:
+        client = await HilClient.connect(args.host, args.port, name=args.name, secret=_read_secret(args))
+        assert client.hello is not None
+        _write(f"connected: scenario {client.hello.scenario_id}, {client.hello.cell_count} cells\n")
+        await client.subscribe(cells=tuple(args.cells or ()), divider=args.divider)
+        n = 0
+        try:
+            while args.count is None or n < args.count:
+                _write(describe(await client.next_frame()) + "\n")
+                n += 1
+        finally:
+            await client.close()
+        return 0
+
+    try:
+        return asyncio.run(go())
+    except (ClientError, OSError, TimeoutError) as exc:
+        log.error("client", error=str(exc))
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    result = run_demo(_write, seconds=args.seconds, cells=args.cells)
-    return 0 if result.intact_frames_lost == 0 else 1
+    if args.protocol_only:
+        result = run_demo(_write, seconds=int(args.seconds), cells=args.cells)
+        return 0 if result.intact_frames_lost == 0 else 1
+    args.host, args.port, args.seed, args.max_clients = "127.0.0.1", 0, None, 8
+    try:
+        return asyncio.run(_serve(args, Path(args.scenario), demo_seconds=args.seconds))
+    except KeyboardInterrupt:
+        return 0
 
 
 def _read_capture(source: str, as_hex: bool) -> bytes:
@@ -330,21 +456,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="protocol loopback demo: a damaged byte stream decoded frame by frame")
-    demo.add_argument("--seconds", type=int, default=20, help="simulated seconds (default 20)")
-    demo.add_argument("--cells", type=int, default=4, help="cells in the pack (default 4)")
+    def model_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--model", help="model directory (model.keras + metadata.json); default: the bundled model"
+        )
+
+    demo = sub.add_parser("demo", help="server with the bundled model and a default scenario, and a client")
+    model_arg(demo)
+    demo.add_argument("--scenario", default=str(DEFAULT_SCENARIO), help="scenario (default: US06 at 25 C)")
+    demo.add_argument("--seconds", type=float, default=20, help="how long the client prints (default 20 s)")
+    demo.add_argument("--speed", type=float, default=60.0, help="simulation speed (default 60x real time)")
+    demo.add_argument("--protocol-only", action="store_true", help="the protocol loopback demo instead")
+    demo.add_argument("--cells", type=int, default=4, help="cells (protocol-only demo)")
     demo.set_defaults(func=cmd_demo)
+
+    serve = sub.add_parser("serve", help="stream a scenario to TCP clients in real time")
+    model_arg(serve)
+    serve.add_argument("scenario", help="scenario YAML")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    serve.add_argument("--port", type=int, default=7700)
+    serve.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="1 = real time, N = N times faster, 0 = as fast as the slowest client reads",
+    )
+    serve.add_argument("--seed", type=int, help="seed (default: the scenario's)")
+    serve.add_argument("--max-clients", type=int, default=64)
+    serve.add_argument("--secret-file", help="require challenge-response auth with the secret in this file")
+    serve.add_argument("--secret-env", help="... or in this environment variable")
+    serve.set_defaults(func=cmd_serve)
+
+    cl = sub.add_parser("client", help="connect to a server and print what arrives")
+    cl.add_argument("host")
+    cl.add_argument("port", type=int)
+    cl.add_argument("--name", default="eis-hil-client")
+    cl.add_argument("--cells", type=int, nargs="*", help="cells to subscribe (default all)")
+    cl.add_argument("--divider", type=int, default=1, help="every n-th cell-state step")
+    cl.add_argument("--count", type=int, help="stop after this many frames")
+    cl.add_argument("--secret-file")
+    cl.add_argument("--secret-env")
+    cl.set_defaults(func=cmd_client)
 
     decode = sub.add_parser("decode", help="decode a byte capture (file or -) and list its frames and errors")
     decode.add_argument("file", help="capture file, or - for stdin")
     decode.add_argument("--hex", action="store_true", help="the capture is hex text (whitespace ignored)")
     decode.add_argument("--json", action="store_true", help="frames as JSON lines")
     decode.set_defaults(func=cmd_decode)
-
-    def model_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--model", help="model directory (model.keras + metadata.json); default: the bundled model"
-        )
 
     train = sub.add_parser("train", help="train the PINN on the measured EIS data (needs TensorFlow)")
     train.add_argument("--out", required=True, help="output model directory")

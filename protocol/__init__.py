@@ -5,7 +5,7 @@ is the normative specification.
 """
 
 from ._auth import auth_response, new_challenge, verify_response
-from ._codec import decode_payload, encode_frame, encode_payload
+from ._codec import decode_payload, encode_frame, encode_payload, frame_payload
 from ._constants import (
     ALL_CELLS,
     AUTH_CHALLENGE_SIZE,
@@ -108,6 +108,7 @@ __all__ = [
     "decode_payload",
     "encode_frame",
     "encode_payload",
+    "frame_payload",
     "new_challenge",
     "verify_response",
 ]

@@ -236,13 +236,20 @@ def decode_payload(msg_type: int, payload: bytes | memoryview) -> Message:
 
 def encode_frame(msg: Message, seq: int, flags: int = 0, version: int = PROTOCOL_VERSION) -> bytes:
     """One complete frame: header, header CRC, payload, frame CRC."""
-    payload = encode_payload(msg)
+    return frame_payload(msg.MSG_TYPE, encode_payload(msg), seq, flags, version)
+
+
+def frame_payload(
+    msg_type: int, payload: bytes, seq: int, flags: int = 0, version: int = PROTOCOL_VERSION
+) -> bytes:
+    """Frame an already encoded payload: a server encodes a message once and frames it per client (each
+    client has its own sequence numbers)."""
     if len(payload) > MAX_PAYLOAD_SIZE:
         raise LocalProtocolError(
-            f"{type(msg).__name__} payload of {len(payload)} bytes exceeds the maximum {MAX_PAYLOAD_SIZE}"
+            f"type 0x{msg_type:02x} payload of {len(payload)} bytes exceeds the maximum {MAX_PAYLOAD_SIZE}"
         )
     try:
-        head = HEADER_STRUCT.pack(b"\xe1\x5a", version, msg.MSG_TYPE, flags, len(payload), seq)
+        head = HEADER_STRUCT.pack(b"\xe1\x5a", version, msg_type, flags, len(payload), seq)
     except struct.error as exc:
         raise LocalProtocolError(f"header field out of range: seq={seq} flags={flags} ({exc})") from exc
     head += _U16.pack(crc16_ccitt_false(head))

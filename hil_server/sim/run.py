@@ -33,8 +33,8 @@ import structlog
 
 from ..model.profiles import resolve
 from ..model.runtime import NumpyPinn
-from ..model.store import BUNDLED_MODEL_DIR, read_metadata
-from ..scenario import load_scenario, scenario_hash
+from ..model.store import BUNDLED_MODEL_DIR, ModelMetadata, read_metadata
+from ..scenario import Scenario, load_scenario, scenario_hash
 from .engine import Engine
 from .output import StepOutput
 from .profiles import OperatingRange
@@ -168,18 +168,10 @@ def _fault_columns(outputs: list[StepOutput]) -> dict[str, npt.ArrayLike]:
     }
 
 
-def run_scenario(
-    scenario_path: Path,
-    out_dir: Path,
-    *,
-    model_dir: Path = BUNDLED_MODEL_DIR,
-    seed: int | None = None,
-    max_s: float = DEFAULT_MAX_S,
-    fmt: str = "parquet",
-    progress: Callable[[float, int], None] | None = None,
-) -> dict[str, Any]:
-    """Run one scenario to its end (or ``max_s`` simulated seconds) and write the files. Returns run.json."""
-    started = time.monotonic()
+def build_engine(
+    scenario_path: Path, model_dir: Path = BUNDLED_MODEL_DIR, seed: int | None = None
+) -> tuple[Engine, Scenario, ModelMetadata]:
+    """The engine for a scenario file with the PINN (numpy runtime, no TensorFlow) as its circuit source."""
     scenario = load_scenario(scenario_path)
     meta = read_metadata(model_dir)
     runtime = NumpyPinn.load(model_dir)
@@ -192,7 +184,22 @@ def run_scenario(
     if profile.latent is not None:
         ranges[profile.name] = ranges[profile.base]
     source = PinnCircuitSource(runtime, input_ranges=ranges, latents=latents)
-    engine = Engine(scenario, source, seed, base_profile=profile.base)
+    return Engine(scenario, source, seed, base_profile=profile.base), scenario, meta
+
+
+def run_scenario(
+    scenario_path: Path,
+    out_dir: Path,
+    *,
+    model_dir: Path = BUNDLED_MODEL_DIR,
+    seed: int | None = None,
+    max_s: float = DEFAULT_MAX_S,
+    fmt: str = "parquet",
+    progress: Callable[[float, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run one scenario to its end (or ``max_s`` simulated seconds) and write the files. Returns run.json."""
+    started = time.monotonic()
+    engine, scenario, meta = build_engine(scenario_path, model_dir, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     ext = "parquet" if fmt == "parquet" else "csv"
     writers = {name: TableWriter(out_dir / f"{name}.{ext}", fmt) for name in ("states", "spectra", "faults")}

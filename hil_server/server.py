@@ -1,0 +1,699 @@
+"""The real-time TCP server: streams one running scenario to every connected client and takes control frames.
+
+One simulation loop steps the engine on absolute deadlines (``anchor + steps / rate / speed``, never
+accumulated relative sleeps) and hands each step's frames to every session. Each session has a reader task
+(sans-IO decoder, handshake, subscription, control) and a writer task that sends everything queued since
+its last write in one ``write()``. A slow client only fills its own queue: telemetry is dropped oldest-first
+and counted (a gap in ``seq``), replies (ACK, NAK, ERROR, BYE) and fault events are never dropped, and a
+client whose socket stays blocked past ``stuck_s`` is disconnected with BYE SLOW_CONSUMER. Bad input is
+counted and logged per session; it never ends the server or touches another session.
+
+Session states (SPEC.md section 6):
+
+    HANDSHAKE --CLIENT_HELLO ok--> READY --SUBSCRIBE--> STREAMING
+        |  bad version / auth / timeout        any state --BYE, EOF, timeout, slow--> CLOSED
+        +--> CLOSED (ERROR + BYE)
+
+Speed: 1.0 is real time, N is N times faster, 0 paces to the slowest streaming client (for CI: as fast as
+clients read, nothing dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import enum
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import structlog
+
+import protocol as p
+
+from . import __version__
+from .sim.engine import Engine
+from .sim.output import StepOutput
+
+log = structlog.get_logger(__name__)
+
+MAX_CELLS_PER_FRAME = (p.MAX_PAYLOAD_SIZE - 24) // 24
+INT32 = (-(2**31), 2**31 - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 7700
+    speed: float = 1.0
+    secret: bytes | None = None
+    max_clients: int = 64
+    queue_frames: int = 1024
+    """Telemetry frames queued per client before the oldest are dropped."""
+    heartbeat_s: float = 1.0
+    peer_timeout_s: float = 5.0
+    handshake_timeout_s: float = 5.0
+    stuck_s: float = 10.0
+    """A client whose socket accepts nothing for this long is disconnected (SLOW_CONSUMER)."""
+    control_rate_per_s: float = 50.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerIdentity:
+    model_id: str
+    model_sha256: str
+    scenario_id: str
+    scenario_sha256: bytes
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"
+    READY = "ready"
+    STREAMING = "streaming"
+    CLOSED = "closed"
+
+
+def _clip_int(values: Any, lo: int, hi: int) -> Any:
+    arr = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=hi, neginf=lo)
+    return np.clip(np.rint(arr), lo, hi).astype(np.int64)
+
+
+def step_messages(out: StepOutput, wall_us: int) -> Iterator[tuple[int, p.Message, int | None]]:
+    """(subscribe-mask bit, message, cell or None) for everything one engine step produces."""
+    r = out.reported
+    n = r.voltage_v.size
+    for start in range(0, n, MAX_CELLS_PER_FRAME):
+        sl = slice(start, min(n, start + MAX_CELLS_PER_FRAME))
+        yield (
+            p.SubscribeMask.CELL_STATES,
+            p.CellStates.from_columns(
+                out.time_us,
+                wall_us,
+                out.step & 0xFFFFFFFF,
+                cell=np.arange(sl.start, sl.stop),
+                flags=r.flags[sl],
+                voltage_uV=_clip_int(r.voltage_v[sl] * 1e6, *INT32),
+                current_uA=_clip_int(r.current_a[sl] * 1e6, *INT32),
+                temperature_mdegC=_clip_int(r.temp_c[sl] * 1e3, *INT32),
+                soc_ppm=_clip_int(r.soc[sl] * 1e6, 0, 1_000_000),
+                soh_ppm=_clip_int(r.soh[sl] * 1e6, 0, 1_000_000),
+            ),
+            None,
+        )
+    for fe in out.fault_events:
+        yield (
+            p.SubscribeMask.FAULT_EVENT,
+            p.FaultEvent(
+                fe.time_us,
+                fe.fault_id,
+                round(fe.severity * 1e6),
+                int(fe.kind),
+                int(fe.phase),
+                np.array(fe.cells, dtype=np.uint16),
+            ),
+            None,
+        )
+    for sp in out.spectra:
+        for i, cell in enumerate(sp.cells.tolist()):
+            keep = ~sp.dropped[i]
+            z = sp.z_ohm[i][keep]
+            yield (
+                p.SubscribeMask.EIS_SPECTRUM,
+                p.EisSpectrum(
+                    sp.time_us,
+                    int(sp.spectrum_ids[i]) & 0xFFFFFFFF,
+                    sp.sweep_duration_us // 1000,
+                    cell,
+                    int(sp.flags[i]),
+                    int(_clip_int(sp.soc[i] * 1e6, 0, 10**6)),
+                    int(_clip_int(sp.soh[i] * 1e6, 0, 10**6)),
+                    int(_clip_int(sp.temp_c[i] * 1e3, *INT32)),
+                    int(_clip_int(sp.current_a[i] * 1e6, *INT32)),
+                    math.nan,
+                    sp.freq_hz[keep],
+                    z.real,
+                    z.imag,
+                ),
+                cell,
+            )
+    for pts in out.points:
+        for i, cell in enumerate(pts.cells.tolist()):
+            for j in range(pts.point_index.size):
+                if pts.dropped[i, j]:
+                    continue
+                z = pts.z_ohm[i, j]
+                yield (
+                    p.SubscribeMask.EIS_POINT,
+                    p.EisPoint(
+                        int(pts.time_us[j]),
+                        int(pts.spectrum_ids[i]) & 0xFFFFFFFF,
+                        cell,
+                        int(pts.point_index[j]),
+                        pts.n_points,
+                        int(pts.flags[i]),
+                        float(pts.freq_hz[j]),
+                        float(z.real),
+                        float(z.imag),
+                    ),
+                    cell,
+                )
+
+
+class Session:
+    """One connected client."""
+
+    def __init__(
+        self, server: HilServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sid: int
+    ):
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.sid = sid
+        self.peer = str(writer.get_extra_info("peername"))
+        self.state = State.HANDSHAKE
+        self.encoder = p.FrameEncoder()
+        self.decoder = p.FrameDecoder()
+        self.challenge = p.new_challenge() if server.config.secret else bytes(p.AUTH_CHALLENGE_SIZE)
+        self.mask = 0
+        self.divider = 1
+        self.cells: set[int] | None = None
+        self.telemetry: collections.deque[bytes] = collections.deque()
+        self.replies: collections.deque[bytes] = collections.deque()
+        self.wake = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.frames_sent = 0
+        self.frames_dropped = 0
+        self.rx_bad = 0
+        self.last_rx = time.monotonic()
+        self.control_tokens = server.config.control_rate_per_s
+        self.control_refill = time.monotonic()
+        self.last_garbage_error = 0.0
+        self.log = log.bind(session=sid, peer=self.peer)
+        self.closing = False
+
+    # -- sending -----------------------------------------------------------------------------------
+    def reply(self, message: p.Message) -> None:
+        """A frame that is never dropped (handshake, ACK/NAK, ERROR, BYE, fault events)."""
+        self.replies.append(self.encoder.encode(message))
+        self.wake.set()
+
+    def push_payload(self, msg_type: int, payload: bytes, droppable: bool = True) -> None:
+        frame = p.frame_payload(msg_type, payload, self.encoder.next_seq, 0, self.encoder.version)
+        self.encoder.next_seq = (self.encoder.next_seq + 1) & 0xFFFFFFFF
+        if not droppable:
+            self.replies.append(frame)
+        else:
+            if len(self.telemetry) >= self.server.config.queue_frames:
+                self.telemetry.popleft()
+                self.frames_dropped += 1
+            self.telemetry.append(frame)
+            if len(self.telemetry) > self.server.config.queue_frames // 2:
+                self.room.clear()
+        self.wake.set()
+
+    async def writer_loop(self) -> None:
+        cfg = self.server.config
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            chunks = list(self.replies) + list(self.telemetry)
+            self.replies.clear()
+            self.telemetry.clear()
+            self.room.set()
+            if chunks:
+                self.writer.write(b"".join(chunks))
+                self.frames_sent += len(chunks)
+                try:
+                    await asyncio.wait_for(self.writer.drain(), cfg.stuck_s)
+                except TimeoutError:
+                    self.log.warning("client stuck, disconnecting", stuck_s=cfg.stuck_s)
+                    self.closing = True
+                    self.writer.transport.abort()
+                    return
+                except (ConnectionError, OSError):
+                    return
+            if self.closing and not self.replies and not self.telemetry:
+                return
+
+    def bye(self, code: p.ErrorCode, message: str) -> None:
+        self.reply(p.Bye(code, message))
+        self.closing = True
+        self.wake.set()
+
+    # -- receiving ---------------------------------------------------------------------------------
+    async def reader_loop(self) -> None:
+        while not self.closing:
+            try:
+                data = await self.reader.read(65536)
+            except (ConnectionError, OSError):
+                return
+            if not data:
+                return
+            self.last_rx = time.monotonic()
+            self.decoder.feed(data)
+            for item in self.decoder.events():
+                if isinstance(item, p.RemoteProtocolError):
+                    self.bad_input(item)
+                else:
+                    self.handle(item)
+            if self.decoder.buffered > p.MAX_FRAME_SIZE:
+                return  # cannot happen with a conforming decoder; belt and braces against memory growth
+
+    def bad_input(self, err: p.RemoteProtocolError) -> None:
+        self.rx_bad += 1
+        self.server.rx_bad += 1
+        self.log.warning("bad input from client", kind=err.kind.name, detail=err.detail, seq=err.seq)
+        if err.seq is not None:
+            if err.msg_type == p.MsgType.CONTROL:
+                self.reply(p.Nak(err.seq, 0, err.kind.code, err.detail[:200]))
+            else:
+                self.reply(p.Error(err.kind.code, err.seq, err.detail[:200]))
+        elif time.monotonic() - self.last_garbage_error >= 1.0:
+            self.last_garbage_error = time.monotonic()
+            self.reply(p.Error(err.kind.code, 0, err.detail[:200]))
+
+    def handle(self, frame: p.Frame) -> None:
+        msg = frame.message
+        if isinstance(msg, p.Bye):
+            self.log.info("client said bye", reason=msg.reason, message=msg.message)
+            self.closing = True
+            self.wake.set()
+            return
+        if isinstance(msg, p.Heartbeat):
+            return
+        if self.state is State.HANDSHAKE:
+            if isinstance(msg, p.ClientHello):
+                self.hello(frame.seq, msg)
+            else:
+                self.reply(p.Error(p.ErrorCode.NOT_ALLOWED_IN_STATE, frame.seq, "send CLIENT_HELLO first"))
+            return
+        if isinstance(msg, p.Subscribe):
+            self.subscribe(frame.seq, msg)
+        elif isinstance(msg, p.Control):
+            self.control(frame.seq, msg)
+        else:
+            self.reply(
+                p.Error(
+                    p.ErrorCode.NOT_ALLOWED_IN_STATE,
+                    frame.seq,
+                    f"{p.MsgType(msg.MSG_TYPE).name} is not accepted from a client",
+                )
+            )
+
+    def hello(self, seq: int, msg: p.ClientHello) -> None:
+        lo, hi = max(msg.proto_min_major, 1), min(msg.proto_max_major, p.PROTOCOL_VERSION)
+        if lo > hi:
+            theirs = f"{msg.proto_min_major}..{msg.proto_max_major}"
+            text = f"server speaks protocol 1..{p.PROTOCOL_VERSION}, client {theirs}"
+            self.reply(p.Error(p.ErrorCode.UNSUPPORTED_VERSION, seq, text))
+            self.bye(p.ErrorCode.UNSUPPORTED_VERSION, text)
+            self.log.warning("version mismatch", detail=text)
+            return
+        secret = self.server.config.secret
+        if secret is not None and not p.verify_response(
+            secret, self.challenge, msg.client_name, msg.auth_response
+        ):
+            self.reply(p.Error(p.ErrorCode.AUTH_FAILED, seq, "authentication failed"))
+            self.bye(p.ErrorCode.AUTH_FAILED, "authentication failed")
+            self.log.warning("authentication failed", client=msg.client_name)
+            return
+        self.state = State.READY
+        self.log = self.log.bind(client=msg.client_name)
+        self.log.info("client hello", version=hi)
+        self.reply(p.Ack(seq, 0, hi))
+
+    def subscribe(self, seq: int, msg: p.Subscribe) -> None:
+        n = self.server.engine.n_cells
+        cells = [int(c) for c in msg.cells]
+        bad = [c for c in cells if c >= n]
+        if bad:
+            self.reply(p.Nak(seq, 0, p.ErrorCode.UNKNOWN_CELL, f"cells {bad} do not exist (0..{n - 1})"))
+            return
+        self.mask = msg.msg_mask
+        self.divider = max(1, msg.state_divider)
+        self.cells = set(cells) if cells else None
+        self.state = State.STREAMING
+        self.reply(p.Ack(seq, 0, len(cells) if cells else n))
+        self.server.streaming_changed.set()
+
+    def control(self, seq: int, msg: p.Control) -> None:
+        now = time.monotonic()
+        rate = self.server.config.control_rate_per_s
+        self.control_tokens = min(rate, self.control_tokens + (now - self.control_refill) * rate)
+        self.control_refill = now
+        if self.control_tokens < 1:
+            self.reply(p.Nak(seq, msg.command, p.ErrorCode.RATE_LIMITED, f"more than {rate:g} commands/s"))
+            return
+        self.control_tokens -= 1
+        try:
+            result = self.server.apply_control(msg)
+        except ControlRefusedError as exc:
+            self.reply(p.Nak(seq, msg.command, exc.code, str(exc)[:200]))
+            self.log.info("control refused", command=msg.command, reason=str(exc))
+            return
+        self.log.info("control", command=_name(p.ControlCommand, msg.command), result=result)
+        self.reply(p.Ack(seq, msg.command, result))
+
+    def wants(self, bit: int, cell: int | None) -> bool:
+        return (
+            self.state is State.STREAMING
+            and bool(self.mask & bit)
+            and (cell is None or self.cells is None or cell in self.cells)
+        )
+
+
+def _name(enum_type: type[p.ControlCommand], value: int) -> str:
+    try:
+        return enum_type(value).name
+    except ValueError:
+        return str(value)
+
+
+class ControlRefusedError(Exception):
+    def __init__(self, code: p.ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class HilServer:
+    """Owns the engine, the listening socket, the sessions and the simulation loop."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        identity: ServerIdentity,
+        config: ServerConfig = ServerConfig(),
+        *,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.identity = identity
+        self.config = config
+        self.now = now
+        self.sessions: dict[int, Session] = {}
+        self.next_sid = 1
+        self.sim_state = p.SimState.RUNNING
+        self.speed = config.speed
+        self.resumed = asyncio.Event()
+        self.resumed.set()
+        self.streaming_changed = asyncio.Event()
+        self.lateness_us: list[float] = []
+        self.rx_bad = 0
+        self.steps_sent = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._anchor: tuple[float, float] | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        if self.config.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning(
+                "listening beyond loopback", host=self.config.host, auth=self.config.secret is not None
+            )
+        self._server = await asyncio.start_server(self._connected, self.config.host, self.config.port)
+        self._tasks = [asyncio.create_task(self._sim_loop()), asyncio.create_task(self._heartbeat_loop())]
+        log.info(
+            "serving",
+            host=self.config.host,
+            port=self.port,
+            scenario=self.identity.scenario_id,
+            speed=self.speed,
+            cells=self.engine.n_cells,
+        )
+
+    async def stop(self, reason: str = "server shutting down") -> None:
+        for s in list(self.sessions.values()):
+            s.bye(p.ErrorCode.SHUTDOWN, reason)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+        # Let writers flush their BYE (bounded).
+        deadline = time.monotonic() + 2.0
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for s in list(self.sessions.values()):
+            s.writer.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+        log.info("stopped", reason=reason)
+
+    # -- sessions ------------------------------------------------------------------------------------
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sid = self.next_sid
+        self.next_sid += 1
+        session = Session(self, reader, writer, sid)
+        session.reply(self._hello(session))
+        if len(self.sessions) >= self.config.max_clients:
+            session.bye(p.ErrorCode.TOO_MANY_CLIENTS, f"at most {self.config.max_clients} clients")
+        self.sessions[sid] = session
+        session.log.info("connected", clients=len(self.sessions))
+        writer_task = asyncio.create_task(session.writer_loop())
+        reader_task = asyncio.create_task(session.reader_loop())
+        try:
+            await asyncio.wait({writer_task, reader_task}, return_when=asyncio.FIRST_COMPLETED)
+            if not writer_task.done():
+                session.closing = True
+                session.wake.set()
+                await asyncio.wait({writer_task}, timeout=1.0)
+        finally:
+            for t in (writer_task, reader_task):
+                t.cancel()
+            session.state = State.CLOSED
+            self.sessions.pop(sid, None)
+            self.streaming_changed.set()
+            writer.close()
+            session.log.info(
+                "disconnected",
+                bad_frames=session.rx_bad,
+                dropped=session.frames_dropped,
+                sent=session.frames_sent,
+                clients=len(self.sessions),
+            )
+
+    def _hello(self, session: Session) -> p.ServerHello:
+        return p.ServerHello(
+            auth_required=int(self.config.secret is not None),
+            seed=self.engine.seed & 0xFFFFFFFFFFFFFFFF,
+            cell_count=self.engine.n_cells,
+            step_period_us=round(self.engine.dt_s * 1e6),
+            auth_challenge=session.challenge,
+            model_hash=bytes.fromhex(self.identity.model_sha256),
+            scenario_hash=self.identity.scenario_sha256,
+            server_version=__version__,
+            model_id=self.identity.model_id[:255],
+            scenario_id=self.identity.scenario_id[:255],
+            freq_hz=self.engine.freq_hz,
+        )
+
+    # -- simulation ----------------------------------------------------------------------------------
+    def _streaming(self) -> list[Session]:
+        return [s for s in self.sessions.values() if s.state is State.STREAMING and not s.closing]
+
+    def _reanchor(self) -> None:
+        self._anchor = (self.now(), self.engine.time_s)
+
+    async def _sim_loop(self) -> None:
+        self._reanchor()
+        while True:
+            if self.sim_state is not p.SimState.RUNNING:
+                self.resumed.clear()
+                await self.resumed.wait()
+                self._reanchor()
+                continue
+            if self.speed > 0:
+                assert self._anchor is not None
+                wall0, sim0 = self._anchor
+                due = wall0 + (self.engine.next_time_us / 1e6 - sim0) / self.speed
+                if self.now() >= due:
+                    # Behind schedule (speed beyond what the CPU can step): catch up, but still yield, or
+                    # the sessions' readers and writers on this event loop would starve.
+                    await asyncio.sleep(0)
+                while (now := self.now()) < due:  # never early: timers may fire before their deadline
+                    await asyncio.sleep(due - now)
+                self.lateness_us.append((self.now() - due) * 1e6)
+            else:
+                await self._wait_for_slowest()
+            out = self.engine.step()
+            self._broadcast(out)
+            if out.finished and not out.spectra and not out.points:
+                self.sim_state = p.SimState.FINISHED
+                log.info("scenario finished", simulated_s=self.engine.time_s)
+
+    async def _wait_for_slowest(self) -> None:
+        """Speed 0: step only when every streaming client has room (and at least one is streaming)."""
+        while True:
+            streaming = self._streaming()
+            if streaming and all(s.room.is_set() for s in streaming):
+                await asyncio.sleep(0)  # let readers and writers run between steps
+                return
+            self.streaming_changed.clear()
+            waits = [asyncio.ensure_future(s.room.wait()) for s in streaming if not s.room.is_set()]
+            waits.append(asyncio.ensure_future(self.streaming_changed.wait()))
+            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in pending:
+                w.cancel()
+
+    def _broadcast(self, out: StepOutput) -> None:
+        sessions = self._streaming()
+        if not sessions:
+            return
+        wall_us = time.time_ns() // 1000
+        payloads: dict[int, bytes] = {}
+        for bit, msg, cell in step_messages(out, wall_us):
+            for s in sessions:
+                if bit == p.SubscribeMask.CELL_STATES and out.step % s.divider:
+                    continue
+                if not s.wants(bit, cell):
+                    continue
+                if isinstance(msg, p.CellStates) and s.cells is not None:
+                    keep = np.isin(msg.records["cell"], sorted(s.cells))
+                    if not keep.any():
+                        continue
+                    sub = p.CellStates(msg.t_sim_us, msg.t_wall_us, msg.step, msg.records[keep])
+                    s.push_payload(msg.MSG_TYPE, p.encode_payload(sub))
+                    continue
+                key = id(msg)
+                if key not in payloads:
+                    payloads[key] = p.encode_payload(msg)
+                s.push_payload(msg.MSG_TYPE, payloads[key], droppable=bit != p.SubscribeMask.FAULT_EVENT)
+        self.steps_sent += 1
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_s)
+            lat = np.asarray(self.lateness_us) if self.lateness_us else np.zeros(1)
+            self.lateness_us.clear()
+            p50, p99, mx = (
+                int(min(2**32 - 1, max(0.0, v)))
+                for v in (np.percentile(lat, 50), np.percentile(lat, 99), lat.max())
+            )
+            now = time.monotonic()
+            for s in list(self.sessions.values()):
+                if s.closing:
+                    continue
+                if s.state is State.HANDSHAKE and now - s.last_rx > self.config.handshake_timeout_s:
+                    s.bye(p.ErrorCode.HEARTBEAT_TIMEOUT, "no CLIENT_HELLO in time")
+                    continue
+                if now - s.last_rx > self.config.peer_timeout_s:
+                    s.log.warning("peer timeout", silent_s=round(now - s.last_rx, 1))
+                    s.bye(
+                        p.ErrorCode.HEARTBEAT_TIMEOUT,
+                        f"nothing received for {self.config.peer_timeout_s:g} s",
+                    )
+                    continue
+                hb = p.Heartbeat(
+                    self.engine.time_us,
+                    time.time_ns() // 1000,
+                    s.frames_sent,
+                    s.frames_dropped,
+                    s.rx_bad,
+                    p50,
+                    p99,
+                    mx,
+                    min(len(s.telemetry), 0xFFFF),
+                    int(self.sim_state),
+                )
+                s.push_payload(p.MsgType.HEARTBEAT, p.encode_payload(hb))
+
+    # -- control -------------------------------------------------------------------------------------
+    def _cells(self, cell: int) -> list[int] | None:
+        if cell == p.ALL_CELLS:
+            return None
+        if cell >= self.engine.n_cells:
+            raise ControlRefusedError(
+                p.ErrorCode.UNKNOWN_CELL, f"cell {cell} does not exist (0..{self.engine.n_cells - 1})"
+            )
+        return [cell]
+
+    def apply_control(self, msg: p.Control) -> int:
+        cmd, state, e = msg.command, self.sim_state, self.engine
+        c = p.ControlCommand
+        if cmd == c.PAUSE:
+            if state is not p.SimState.RUNNING:
+                raise ControlRefusedError(p.ErrorCode.NOT_ALLOWED_IN_STATE, f"cannot pause when {state.name}")
+            self.sim_state = p.SimState.PAUSED
+            return 0
+        if cmd == c.RESUME:
+            if state is not p.SimState.PAUSED:
+                raise ControlRefusedError(
+                    p.ErrorCode.NOT_ALLOWED_IN_STATE, f"cannot resume when {state.name}"
+                )
+            self._run()
+            return 0
+        if cmd == c.STOP:
+            self.sim_state = p.SimState.STOPPED
+            return 0
+        if cmd == c.START:
+            if state is p.SimState.RUNNING:
+                raise ControlRefusedError(p.ErrorCode.NOT_ALLOWED_IN_STATE, "already running")
+            if state in (p.SimState.STOPPED, p.SimState.FINISHED):
+                e.seek(0.0)
+            self._run()
+            return 0
+        if cmd == c.SEEK:
+            if msg.value < 0:
+                raise ControlRefusedError(p.ErrorCode.OUT_OF_RANGE, "seek target must be >= 0")
+            e.seek(msg.value / 1e6)
+            if self.sim_state is p.SimState.FINISHED:
+                self.sim_state = p.SimState.PAUSED
+            self._reanchor()
+            return e.time_us
+        if cmd == c.SET_LOAD_CURRENT:
+            cells = self._cells(msg.cell)
+            e.set_load_current(None if msg.aux & 1 else msg.value / 1e6, cells)
+            return 0
+        if cmd == c.SET_AMBIENT_TEMPERATURE:
+            temp_c = msg.value / 1e3
+            if not msg.aux & 1 and not -60.0 <= temp_c <= 120.0:
+                raise ControlRefusedError(
+                    p.ErrorCode.OUT_OF_RANGE, f"ambient {temp_c:g} C outside -60..120 C"
+                )
+            e.set_ambient(None if msg.aux & 1 else temp_c)
+            return 0
+        if cmd == c.INJECT_FAULT:
+            try:
+                kind = p.FaultKind(msg.fault_kind)
+            except ValueError:
+                raise ControlRefusedError(
+                    p.ErrorCode.OUT_OF_RANGE, f"unknown fault kind {msg.fault_kind}"
+                ) from None
+            if not 0 <= msg.value <= 1_000_000:
+                raise ControlRefusedError(p.ErrorCode.OUT_OF_RANGE, "severity must be 0..1000000 ppm")
+            return e.inject_fault(
+                kind, self._cells(msg.cell), msg.value / 1e6, msg.aux / 1e3 if msg.aux else None
+            )
+        if cmd == c.CLEAR_FAULT:
+            return e.clear_fault(msg.aux)
+        if cmd == c.REQUEST_SPECTRUM:
+            return e.request_spectrum(self._cells(msg.cell))
+        if cmd == c.SET_SPEED:
+            if msg.value < 0:
+                raise ControlRefusedError(p.ErrorCode.OUT_OF_RANGE, "speed must be >= 0")
+            self.speed = msg.value / 1e6
+            self._reanchor()
+            self.streaming_changed.set()
+            return 0
+        raise ControlRefusedError(p.ErrorCode.UNKNOWN_COMMAND, f"unknown command {cmd}")
+
+    def _run(self) -> None:
+        self.sim_state = p.SimState.RUNNING
+        self.resumed.set()
+
+
+def identity_for(scenario_path: Any, scenario_name: str, model_sha256: str, model_id: str) -> ServerIdentity:
+    from .scenario import scenario_hash
+
+    return ServerIdentity(model_id, model_sha256, scenario_name, scenario_hash(scenario_path))
+
+
+__all__: Sequence[str] = ["HilServer", "ServerConfig", "ServerIdentity", "identity_for", "step_messages"]

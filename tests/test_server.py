@@ -1,0 +1,191 @@
+"""The TCP server and client over loopback: handshake, versions, auth, streaming, control, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import protocol as p
+from hil_server.client import ClientError, HilClient
+from hil_server.testing import loopback, start_server
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+US06 = SCENARIOS / "us06_25c.yaml"
+FAULTS = SCENARIOS / "fault_showcase.yaml"
+
+
+@pytest.mark.asyncio
+async def test_handshake_and_stream() -> None:
+    async with loopback(US06) as (_, client):
+        assert client.hello is not None
+        assert client.hello.cell_count == 1
+        assert client.hello.scenario_id == "us06_25c"
+        assert client.hello.freq_hz.size > 0
+        assert await client.subscribe() == 1
+        states = [await client.next_message(p.CellStates, timeout=5) for _ in range(50)]
+        steps = [s.step for s in states]
+        assert steps == list(range(steps[0], steps[0] + 50))
+        assert all(3.0e6 < s.records["voltage_uV"][0] < 4.3e6 for s in states)
+        spectrum = await client.next_message(p.EisSpectrum, timeout=10)
+        assert spectrum.freq_hz.size == client.hello.freq_hz.size
+        assert np.all(spectrum.z_re_ohm > 0)
+        assert client.errors == []
+        assert client.gaps == 0
+
+
+@pytest.mark.asyncio
+async def test_stream_is_deterministic_for_a_seed() -> None:
+    runs = []
+    for _ in range(2):
+        async with loopback(US06) as (_, client):
+            await client.subscribe(mask=p.SubscribeMask.CELL_STATES)
+            runs.append(
+                [(await client.next_message(p.CellStates, timeout=5)).records.tobytes() for _ in range(30)]
+            )
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.asyncio
+async def test_version_mismatch_gets_error_and_bye() -> None:
+    server = await start_server(US06)
+    try:
+        with pytest.raises(ClientError, match=r"hello refused|closed"):
+            await HilClient.connect("127.0.0.1", server.port, versions=(2, 3), timeout=2)
+    finally:
+        await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_authentication() -> None:
+    secret = b"bench-secret"
+    async with loopback(US06, secret=secret) as (_, client):
+        assert client.hello is not None
+        assert client.hello.auth_required == 1
+        assert await client.subscribe() == 1
+    server = await start_server(US06, secret=secret)
+    try:
+        with pytest.raises(ClientError):
+            await HilClient.connect("127.0.0.1", server.port, secret=b"wrong", timeout=2)
+        with pytest.raises(ClientError, match="requires authentication"):
+            await HilClient.connect("127.0.0.1", server.port, timeout=2)
+    finally:
+        await server.stop()
+
+
+async def first_state(
+    client: HilClient, predicate: Callable[[p.CellStates], bool], limit: int = 3000
+) -> p.CellStates:
+    """At speed 0 the server runs up to half a client queue ahead: an effect shows within a bounded number of
+    frames after its ACK, not in the very next one."""
+    for _ in range(limit):
+        states: p.CellStates = await client.next_message(p.CellStates, timeout=5)
+        if predicate(states):
+            return states
+    raise AssertionError(f"no matching CELL_STATES within {limit} frames")
+
+
+@pytest.mark.asyncio
+async def test_controls_act_on_the_simulation() -> None:
+    async with loopback(FAULTS) as (server, client):
+        await client.subscribe(mask=p.SubscribeMask.CELL_STATES | p.SubscribeMask.FAULT_EVENT)
+        await client.next_message(p.CellStates, timeout=5)
+        ack = await client.control(p.Control.set_load_current(20_000))  # 20 mA discharge, all cells
+        assert isinstance(ack, p.Ack)
+        states = await first_state(client, lambda s: bool(np.all(s.records["current_uA"] == 20_000)))
+        assert np.all(states.records["current_uA"] == 20_000)
+        inject = await client.control(p.Control.inject_fault(p.FaultKind.CONTACT_RESISTANCE, cell=3))
+        assert isinstance(inject, p.Ack)
+        assert inject.result > 0
+        event = await client.next_message(p.FaultEvent, timeout=5)
+        assert event.fault_id == inject.result
+        assert event.cells.tolist() == [3]
+        seek = await client.control(p.Control.seek(100_000_000))
+        assert isinstance(seek, p.Ack)
+        assert seek.result == 100_000_000
+        after = await first_state(client, lambda s: s.t_sim_us >= 100_000_000)
+        assert after.t_sim_us == 100_000_000 + 100_000  # the step after the seek target
+        refused = await client.control(p.Control(p.ControlCommand.SET_LOAD_CURRENT, cell=500))
+        assert isinstance(refused, p.Nak)
+        assert refused.code == p.ErrorCode.UNKNOWN_CELL
+        unknown = await client.control(p.Control(200))
+        assert isinstance(unknown, p.Nak)
+        assert unknown.code == p.ErrorCode.UNKNOWN_COMMAND
+        assert isinstance(await client.control(p.Control(p.ControlCommand.PAUSE)), p.Ack)
+        assert server.sim_state is p.SimState.PAUSED
+        nak = await client.control(p.Control(p.ControlCommand.PAUSE))
+        assert isinstance(nak, p.Nak)
+        assert nak.code == p.ErrorCode.NOT_ALLOWED_IN_STATE
+        assert isinstance(await client.control(p.Control(p.ControlCommand.RESUME)), p.Ack)
+
+
+@pytest.mark.asyncio
+async def test_garbage_from_one_client_does_not_disturb_another() -> None:
+    async with loopback(US06) as (server, good):
+        await good.subscribe(mask=p.SubscribeMask.CELL_STATES)
+        bad = await HilClient.connect("127.0.0.1", server.port, name="bad")
+        bad.send_raw(b"\x00garbage\xe1\x5a" + bytes(40))
+        frame = bytearray(p.encode_frame(p.Control.seek(1), seq=99))
+        frame[-1] ^= 0xFF  # bad CRC
+        bad.send_raw(bytes(frame))
+        error = await bad.next_message(p.Error, timeout=5)
+        assert error.code in (p.ErrorCode.GARBAGE, p.ErrorCode.BAD_CRC)
+        steps = [(await good.next_message(p.CellStates, timeout=5)).step for _ in range(40)]
+        assert steps == list(range(steps[0], steps[0] + 40))
+        assert good.gaps == 0
+        assert server.rx_bad >= 1
+        await bad.close()
+
+
+@pytest.mark.asyncio
+async def test_shutdown_says_bye() -> None:
+    server = await start_server(US06)
+    client = await HilClient.connect("127.0.0.1", server.port)
+    await client.subscribe()
+    await server.stop()
+    frames = []
+    with pytest.raises(ClientError):  # the stream ends: BYE, then the connection closes
+        frames.extend([await client.next_frame(timeout=5) for _ in range(100_000)])
+    assert client.bye is not None
+    assert client.bye.reason == p.ErrorCode.SHUTDOWN
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_paced_mode_sends_nothing_early() -> None:
+    async with loopback(US06, speed=50.0) as (_, client):
+        await client.subscribe(mask=p.SubscribeMask.CELL_STATES)
+        t0 = asyncio.get_running_loop().time()
+        first = await client.next_message(p.CellStates, timeout=5)
+        for _ in range(20):
+            last = await client.next_message(p.CellStates, timeout=5)
+        elapsed = asyncio.get_running_loop().time() - t0
+        simulated = (last.t_sim_us - first.t_sim_us) / 1e6
+        assert elapsed >= simulated / 50.0 - 0.005
+
+
+def test_demo_command_runs_server_and_client(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's main job: the server with the bundled model and the default scenario, and a client."""
+    from hil_server.cli import main
+
+    assert main(["demo", "--seconds", "1.5", "--speed", "400"]) == 0
+    out = capsys.readouterr().out
+    assert "client connected: model eis-pinn" in out
+    assert "CELL_STATES" in out
+    assert "EIS_SPECTRUM" in out
+    assert " 0 sequence gaps, 0 bad frames" in out
+
+
+@pytest.mark.asyncio
+async def test_clients_are_served_when_the_simulation_cannot_keep_up() -> None:
+    """At a speed the CPU cannot reach, the loop runs behind its deadlines; it must still let sessions run."""
+    async with loopback(SCENARIOS / "pack_96s_spread.yaml", speed=1e6) as (server, client):
+        await client.subscribe(mask=p.SubscribeMask.CELL_STATES)
+        first = await client.next_message(p.CellStates, timeout=5)
+        ack = await client.control(p.Control(p.ControlCommand.PAUSE), timeout=5)
+        assert isinstance(ack, p.Ack)
+        assert first.t_sim_us > 0
+        assert server.sim_state is p.SimState.PAUSED
