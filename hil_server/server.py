@@ -237,6 +237,10 @@ class Session:
                 except (ConnectionError, OSError):
                     return
             if self.closing and not self.replies and not self.telemetry:
+                # Half-close after BYE: closing outright with the peer's heartbeats unread makes the kernel
+                # send RST, which can destroy the BYE in flight. The reader drains until the peer closes.
+                if self.writer.can_write_eof():
+                    self.writer.write_eof()
                 return
 
     def bye(self, code: p.ErrorCode, message: str) -> None:
@@ -246,13 +250,15 @@ class Session:
 
     # -- receiving ---------------------------------------------------------------------------------
     async def reader_loop(self) -> None:
-        while not self.closing:
+        while True:
             try:
                 data = await self.reader.read(65536)
             except (ConnectionError, OSError):
                 return
             if not data:
                 return
+            if self.closing:
+                continue  # after BYE: drain and discard until the peer closes
             self.last_rx = time.monotonic()
             self.decoder.feed(data)
             for item in self.decoder.events():
@@ -461,10 +467,12 @@ class HilServer:
         reader_task = asyncio.create_task(session.reader_loop())
         try:
             await asyncio.wait({writer_task, reader_task}, return_when=asyncio.FIRST_COMPLETED)
-            if not writer_task.done():
+            if not writer_task.done():  # the peer closed or broke: flush what is queued, then stop
                 session.closing = True
                 session.wake.set()
                 await asyncio.wait({writer_task}, timeout=1.0)
+            elif not reader_task.done():  # we said BYE: give the peer time to read it and close
+                await asyncio.wait({reader_task}, timeout=2.0)
         finally:
             for t in (writer_task, reader_task):
                 t.cancel()
