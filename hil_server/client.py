@@ -57,6 +57,16 @@ class HilClient:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         client = cls(reader, writer, name)
         client._tasks.append(asyncio.create_task(client._read_loop()))
+        try:
+            await client._handshake(secret, timeout, versions)
+        except BaseException:
+            await client.close()
+            raise
+        client._tasks.append(asyncio.create_task(client._heartbeat_loop(heartbeat_s)))
+        return client
+
+    async def _handshake(self, secret: bytes | None, timeout: float, versions: tuple[int, int]) -> None:
+        client, name = self, self.name
         first = await client.next_frame(timeout)
         if not isinstance(first.message, p.ServerHello):
             raise ClientError(f"expected SERVER_HELLO, got {type(first.message).__name__}")
@@ -69,8 +79,6 @@ class HilClient:
         reply = await client._request(p.ClientHello(versions[0], versions[1], response, name), timeout)
         if not isinstance(reply, p.Ack):
             raise ClientError(f"hello refused: {reply}")
-        client._tasks.append(asyncio.create_task(client._heartbeat_loop(heartbeat_s)))
-        return client
 
     async def _request(self, message: p.Message, timeout: float) -> p.Ack | p.Nak:
         seq = self.encoder.next_seq
@@ -162,6 +170,7 @@ class HilClient:
             self.server_errors.append(msg)
         if isinstance(msg, p.Bye):
             self.bye = msg
+            self.writer.close()  # the server closes after BYE: close our side too, promptly
         self.frames.put_nowait(frame)
 
     async def _heartbeat_loop(self, period_s: float) -> None:
@@ -170,9 +179,10 @@ class HilClient:
             self.writer.write(self.encoder.encode(p.Heartbeat(rx_bad_frames=len(self.errors) & 0xFFFFFFFF)))
 
     async def close(self) -> None:
-        with contextlib.suppress(ConnectionError, OSError, RuntimeError):
-            self.writer.write(self.encoder.encode(p.Bye(0, "client closing")))
-            await self.writer.drain()
+        if not self.writer.is_closing():
+            with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+                self.writer.write(self.encoder.encode(p.Bye(0, "client closing")))
+                await self.writer.drain()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

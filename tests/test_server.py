@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -189,3 +190,126 @@ async def test_clients_are_served_when_the_simulation_cannot_keep_up() -> None:
         assert isinstance(ack, p.Ack)
         assert first.t_sim_us > 0
         assert server.sim_state is p.SimState.PAUSED
+
+
+async def _raw_subscriber(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client that does the handshake by hand and then never reads again."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a tiny window: the server's side fills fast
+    sock.connect(("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    decoder = p.FrameDecoder()
+    while not any(
+        isinstance(f, p.Frame) and isinstance(f.message, p.ServerHello)
+        for f in _fed(decoder, await reader.read(65536))
+    ):
+        pass
+    encoder = p.FrameEncoder()
+    writer.write(encoder.encode(p.ClientHello(client_name="never-reads")) + encoder.encode(p.Subscribe()))
+    await writer.drain()
+    return reader, writer
+
+
+def _fed(decoder: p.FrameDecoder, data: bytes) -> list[p.Frame | p.RemoteProtocolError]:
+    decoder.feed(data)
+    return list(decoder.events())
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for a server-side condition (an event, not a timed assertion)."""
+
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_never_reads_is_dropped_without_hurting_others() -> None:
+    scenario = SCENARIOS / "pack_96s_spread.yaml"
+    async with loopback(scenario, speed=20.0, queue_frames=512, stuck_s=0.5) as (server, good):
+        await good.subscribe()
+        _, slow_writer = await _raw_subscriber(server.port)
+        await _until(lambda: len(server.sessions) == 2)
+        slow = next(
+            s for s in server.sessions.values() if s is not None and "never-reads" in str(s.log._context)
+        )
+        steps = [(await good.next_message(p.CellStates, timeout=5)).step for _ in range(150)]
+        await _until(lambda: slow.frames_dropped > 0 or len(server.sessions) == 1)
+        await _until(lambda: len(server.sessions) == 1)  # disconnected: stuck past stuck_s
+        more = [(await good.next_message(p.CellStates, timeout=5)).step for _ in range(20)]
+        assert good.gaps == 0
+        assert sorted(set(steps)) == steps
+        assert more[0] > steps[-1]
+        slow_writer.close()
+
+
+@pytest.mark.asyncio
+async def test_client_disconnect_mid_frame_leaves_the_server_serving() -> None:
+    async with loopback(US06) as (server, good):
+        await good.subscribe(mask=p.SubscribeMask.CELL_STATES)
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(p.encode_frame(p.ClientHello(client_name="half"), seq=0)[:9])  # half a frame, then gone
+        await writer.drain()
+        writer.close()
+        await _until(lambda: len(server.sessions) == 1)
+        steps = [(await good.next_message(p.CellStates, timeout=5)).step for _ in range(20)]
+        assert steps == list(range(steps[0], steps[0] + 20))
+
+
+@pytest.mark.asyncio
+async def test_every_control_command() -> None:
+    async with loopback(FAULTS) as (server, client):
+        await client.subscribe(mask=p.SubscribeMask.CELL_STATES | p.SubscribeMask.EIS_SPECTRUM)
+        c = p.ControlCommand
+
+        async def ack(message: p.Control) -> int:
+            reply = await client.control(message)
+            assert isinstance(reply, p.Ack), reply
+            assert reply.command == message.command
+            return reply.result
+
+        await ack(p.Control.set_ambient_temperature(-10_000))
+        await ack(p.Control(c.SET_AMBIENT_TEMPERATURE, aux=1))  # release the override
+        nak = await client.control(p.Control.set_ambient_temperature(-300_000))
+        assert isinstance(nak, p.Nak)
+        assert nak.code == p.ErrorCode.OUT_OF_RANGE
+        spectrum_id = await ack(p.Control.request_spectrum(cell=5))
+        spectrum = await client.next_message(p.EisSpectrum, timeout=10)
+        while (spectrum.cell, spectrum.spectrum_id) != (5, spectrum_id):
+            spectrum = await client.next_message(p.EisSpectrum, timeout=10)
+        fault = await ack(p.Control.inject_fault(p.FaultKind.NOISE, severity_ppm=500_000, duration_ms=0))
+        assert await ack(p.Control.clear_fault(fault)) == 1
+        await ack(p.Control(c.STOP))
+        assert server.sim_state.name == "STOPPED"
+        await ack(p.Control(c.START))  # from STOPPED: again from t = 0
+        assert server.sim_state.name == "RUNNING"
+        previous = await client.next_message(p.CellStates, timeout=5)
+        for _ in range(3000):  # frames queued before the restart, then time jumps back to the start
+            states = await client.next_message(p.CellStates, timeout=5)
+            if states.t_sim_us < previous.t_sim_us:
+                break
+            previous = states
+        assert states.t_sim_us == 100_000
+        await ack(p.Control.set_speed(2_000_000))
+        assert server.speed == 2.0
+        bad = await client.control(p.Control(c.SEEK, value=-1))
+        assert isinstance(bad, p.Nak)
+        assert bad.code == p.ErrorCode.OUT_OF_RANGE
+
+
+@pytest.mark.asyncio
+async def test_malformed_control_gets_a_nak_with_its_seq() -> None:
+    async with loopback(US06) as (_, client):
+        raw = bytearray(p.encode_frame(p.Control(p.ControlCommand.PAUSE), seq=4242))
+        short = p.frame_payload(p.MsgType.CONTROL, b"\x02\x00", seq=4243)  # 2 bytes: malformed payload
+        client.send_raw(bytes(raw[:-1]) + bytes([raw[-1] ^ 1]) + short)
+        errors: list[p.Nak] = []
+        while len(errors) < 2:
+            frame = await client.next_frame(timeout=5)
+            assert not isinstance(frame.message, p.Error), frame.message  # control frames get NAK, not ERROR
+            if isinstance(frame.message, p.Nak):
+                errors.append(frame.message)
+        assert {e.ack_seq for e in errors} == {4242, 4243}
+        assert {e.code for e in errors} == {p.ErrorCode.BAD_CRC, p.ErrorCode.MALFORMED_PAYLOAD}
