@@ -174,6 +174,7 @@ class Session:
         self.sid = sid
         self.peer = str(writer.get_extra_info("peername"))
         self.state = State.HANDSHAKE
+        self.client_name = ""
         self.encoder = p.FrameEncoder()
         self.decoder = p.FrameDecoder()
         self.challenge = p.new_challenge() if server.config.secret else bytes(p.AUTH_CHALLENGE_SIZE)
@@ -328,6 +329,7 @@ class Session:
             self.log.warning("authentication failed", client=msg.client_name)
             return
         self.state = State.READY
+        self.client_name = msg.client_name
         self.log = self.log.bind(client=msg.client_name)
         self.log.info("client hello", version=hi)
         self.reply(p.Ack(seq, 0, hi))
