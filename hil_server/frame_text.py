@@ -53,7 +53,7 @@ def describe_message(message: p.Message) -> str:
                 f"{message.freq_hz[hi]:.3g}..{message.freq_hz[lo]:.3g} Hz "
                 f"{_z_text(message, hi)} {_z_text(message, lo)} "
                 f"SOC={message.soc_ppm / 1e4:.1f}% T={message.temperature_mdegC / 1e3:.1f}C "
-                + (f"KK={message.kk_residual:.2%}" if np.isfinite(message.kk_residual) else "KK=n/a")
+                + (f"KK={message.kk_residual:.3%}" if np.isfinite(message.kk_residual) else "KK=n/a")
             )
         case p.FaultEvent():
             return (

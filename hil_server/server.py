@@ -24,7 +24,6 @@ import asyncio
 import collections
 import dataclasses
 import enum
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -35,6 +34,7 @@ import structlog
 import protocol as p
 
 from . import __version__
+from .model.linkk import kk_residual
 from .sim.engine import Engine
 from .sim.output import StepOutput
 
@@ -132,7 +132,7 @@ def step_messages(out: StepOutput, wall_us: int) -> Iterator[tuple[int, p.Messag
                     int(_clip_int(sp.soh[i] * 1e6, 0, 10**6)),
                     int(_clip_int(sp.temp_c[i] * 1e3, *INT32)),
                     int(_clip_int(sp.current_a[i] * 1e6, *INT32)),
-                    math.nan,
+                    kk_residual(sp.freq_hz[keep], z),
                     sp.freq_hz[keep],
                     z.real,
                     z.imag,

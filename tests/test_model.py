@@ -168,3 +168,13 @@ def test_unloadable_model_file_with_matching_hash(trained_model: Path, tmp_path:
     (copy / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ModelLoadError, match="not a loadable Keras model"):
         load_keras_model(copy)
+
+
+def test_frame_validity_figure_separates_consistent_from_noisy() -> None:
+    from hil_server.model.linkk import kk_residual
+
+    z = impedance(random_params(np.random.default_rng(5), 1)[0], FREQ)
+    noisy = z + np.abs(z) * 0.01 * np.random.default_rng(6).standard_normal(FREQ.size)  # real part only
+    assert kk_residual(FREQ, z) < 0.001
+    assert kk_residual(FREQ, noisy) > 0.01
+    assert np.isnan(kk_residual(FREQ[:10], z[:10]))

@@ -34,6 +34,7 @@ async def test_handshake_and_stream() -> None:
         spectrum = await client.next_message(p.EisSpectrum, timeout=10)
         assert spectrum.freq_hz.size == client.hello.freq_hz.size
         assert np.all(spectrum.z_re_ohm > 0)
+        assert 0 <= spectrum.kk_residual < 0.001  # the validity figure is computed and small
         assert client.errors == []
         assert client.gaps == 0
 

@@ -44,6 +44,7 @@ def lin_kk(
     drop_inductive: bool = True,
     capacitive: bool = True,
     fixed_m: int | None = None,
+    extend_decades: float = 0.0,
 ) -> LinKKResult:
     """The Lin-KK verdict as specified (``fixed_m`` None). With ``fixed_m`` the mu criterion is skipped and
     exactly that many RC elements are fitted: a diagnostic of consistency itself, since the mu criterion
@@ -57,7 +58,8 @@ def lin_kk(
         return LinKKResult(0, float("nan"), float("inf"), np.array([]), np.array([]), int(f.size))
     w = 2 * np.pi * f
     weight = 1 / np.abs(zz)
-    tau_lo, tau_hi = 1 / w.max(), 1 / w.min()
+    # extend_decades widens the time constants beyond the band (0 = as Schoenleber specifies).
+    tau_lo, tau_hi = 10**-extend_decades / w.max(), 10**extend_decades / w.min()
     best: LinKKResult | None = None
     for m in range(fixed_m or 1, (fixed_m or max_m) + 1):
         taus = np.array([tau_lo]) if m == 1 else np.geomspace(tau_lo, tau_hi, m)
@@ -80,3 +82,25 @@ def lin_kk(
             break
     assert best is not None
     return best
+
+
+FRAME_M = 30
+FRAME_EXTEND_DECADES = 1.0
+"""The per-frame validity figure fits 30 RC elements with time constants one decade beyond the band on each
+side. Over the bundled model's extrapolation grid (SOC 0..1, -30..60 C, SOH 0.5..1, both profiles) a
+consistent spectrum stays at or below 0.03 %, while 1 % noise gives 1.3 % or more: a 40x margin. Within the
+band only (Schoenleber's choice) rashid2023's strong inductive rise alone costs 1.5 %. One least-squares
+solve, about 0.35 ms for 61 points."""
+
+
+def kk_residual(freq_hz: npt.ArrayLike, z: npt.ArrayLike, m: int = FRAME_M) -> float:
+    """The validity figure of EIS_SPECTRUM: the largest residual, relative to |Z|, of a Lin-KK fit with a
+    fixed ``m`` RC elements (plus R, L and C) over all points, time constants extended as above. NaN if the
+    spectrum has fewer than ``m + 3`` finite points."""
+    f = np.asarray(freq_hz, dtype=np.float64)
+    zz = np.asarray(z, dtype=np.complex128)
+    ok = np.isfinite(zz) & (f > 0)
+    if ok.sum() < m + 3:
+        return float("nan")
+    result = lin_kk(f[ok], zz[ok], fixed_m=m, drop_inductive=False, extend_decades=FRAME_EXTEND_DECADES)
+    return result.max_residual
