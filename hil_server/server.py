@@ -24,6 +24,8 @@ import asyncio
 import collections
 import dataclasses
 import enum
+import functools
+import operator
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -40,7 +42,7 @@ from .sim.output import StepOutput
 
 log = structlog.get_logger(__name__)
 
-MAX_CELLS_PER_FRAME = (p.MAX_PAYLOAD_SIZE - 24) // 24
+MAX_CELLS_PER_FRAME = (p.MAX_PAYLOAD_SIZE - 24) // p.CELL_STATE_DTYPE.itemsize  # 24: the fixed part
 INT32 = (-(2**31), 2**31 - 1)
 
 
@@ -81,10 +83,13 @@ def _clip_int(values: Any, lo: int, hi: int) -> Any:
     return np.clip(np.rint(arr), lo, hi).astype(np.int64)
 
 
-def step_messages(out: StepOutput, wall_us: int) -> Iterator[tuple[int, p.Message, int | None]]:
-    """(subscribe-mask bit, message, cell or None) for everything one engine step produces."""
+def step_messages(
+    out: StepOutput, wall_us: int, wanted: int = p.SubscribeMask.ALL
+) -> Iterator[tuple[int, p.Message, int | None]]:
+    """(subscribe-mask bit, message, cell or None) for what one engine step produces, only of the kinds in
+    ``wanted``: a spectrum costs a Lin-KK fit (0.35 ms), not worth paying when no client subscribes to it."""
     r = out.reported
-    n = r.voltage_v.size
+    n = r.voltage_v.size if wanted & p.SubscribeMask.CELL_STATES else 0
     for start in range(0, n, MAX_CELLS_PER_FRAME):
         sl = slice(start, min(n, start + MAX_CELLS_PER_FRAME))
         yield (
@@ -103,7 +108,7 @@ def step_messages(out: StepOutput, wall_us: int) -> Iterator[tuple[int, p.Messag
             ),
             None,
         )
-    for fe in out.fault_events:
+    for fe in out.fault_events if wanted & p.SubscribeMask.FAULT_EVENT else ():
         yield (
             p.SubscribeMask.FAULT_EVENT,
             p.FaultEvent(
@@ -116,7 +121,7 @@ def step_messages(out: StepOutput, wall_us: int) -> Iterator[tuple[int, p.Messag
             ),
             None,
         )
-    for sp in out.spectra:
+    for sp in out.spectra if wanted & p.SubscribeMask.EIS_SPECTRUM else ():
         for i, cell in enumerate(sp.cells.tolist()):
             keep = ~sp.dropped[i]
             z = sp.z_ohm[i][keep]
@@ -139,7 +144,7 @@ def step_messages(out: StepOutput, wall_us: int) -> Iterator[tuple[int, p.Messag
                 ),
                 cell,
             )
-    for pts in out.points:
+    for pts in out.points if wanted & p.SubscribeMask.EIS_POINT else ():
         for i, cell in enumerate(pts.cells.tolist()):
             for j in range(pts.point_index.size):
                 if pts.dropped[i, j]:
@@ -411,7 +416,6 @@ class HilServer:
         self.streaming_changed = asyncio.Event()
         self.lateness_us: list[float] = []
         self.rx_bad = 0
-        self.steps_sent = 0
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._anchor: tuple[float, float] | None = None
@@ -559,7 +563,8 @@ class HilServer:
             return
         wall_us = time.time_ns() // 1000
         payloads: dict[int, bytes] = {}
-        for bit, msg, cell in step_messages(out, wall_us):
+        wanted = functools.reduce(operator.or_, (s.mask for s in sessions), 0)
+        for bit, msg, cell in step_messages(out, wall_us, wanted):
             for s in sessions:
                 if bit == p.SubscribeMask.CELL_STATES and out.step % s.divider:
                     continue
@@ -576,7 +581,6 @@ class HilServer:
                 if key not in payloads:
                     payloads[key] = p.encode_payload(msg)
                 s.push_payload(msg.MSG_TYPE, payloads[key], droppable=bit != p.SubscribeMask.FAULT_EVENT)
-        self.steps_sent += 1
 
     async def _heartbeat_loop(self) -> None:
         while True:
