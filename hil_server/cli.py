@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,19 +109,25 @@ async def _demo_client(port: int, secret: bytes | None, seconds: float, divider:
         await client.close()
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _scenario_command(command: str, body: Callable[[], int]) -> int:
+    """Run a command that loads a scenario and a model: a bad scenario prints every issue (file, line, key),
+    a missing model or file is one log line; both exit 2."""
     from .model.store import ModelLoadError
     from .scenario import ScenarioError
 
     try:
-        return asyncio.run(_serve(args, Path(args.scenario)))
+        return body()
     except ScenarioError as exc:
         for issue in exc.errors:
             _write(f"{issue}\n")
         return 2
     except (ModelLoadError, ValueError, OSError) as exc:
-        log.error("serve", error=str(exc))
+        log.error(command, error=str(exc))
         return 2
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _scenario_command("serve", lambda: asyncio.run(_serve(args, Path(args.scenario))))
 
 
 def cmd_client(args: argparse.Namespace) -> int:
@@ -155,7 +162,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0 if result.intact_frames_lost == 0 else 1
     args.host, args.port, args.seed, args.max_clients = "127.0.0.1", 0, None, 8
     try:
-        return asyncio.run(_serve(args, Path(args.scenario), demo_seconds=args.seconds))
+        return _scenario_command(
+            "demo", lambda: asyncio.run(_serve(args, Path(args.scenario), demo_seconds=args.seconds))
+        )
     except KeyboardInterrupt:
         return 0
 
@@ -376,8 +385,6 @@ def cmd_export_tflite(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .model.store import ModelLoadError
-    from .scenario import ScenarioError
     from .sim.run import DEFAULT_MAX_S, run_scenario, run_sweep, speed_text
 
     started = time.monotonic()
@@ -393,9 +400,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     def sweep_progress(done: int, total: int) -> None:
         log.info("sweep", runs_done=done, of=total, wall_s=round(time.monotonic() - started, 1))
 
-    try:
+    def compute() -> list[dict[str, Any]]:
         if args.seeds:
-            results = run_sweep(
+            return run_sweep(
                 Path(args.file),
                 Path(args.out),
                 args.seeds,
@@ -404,35 +411,31 @@ def cmd_run(args: argparse.Namespace) -> int:
                 fmt=fmt,
                 progress=sweep_progress,
             )
-        else:
-            results = [
-                run_scenario(
-                    Path(args.file),
-                    Path(args.out),
-                    model_dir=_model_dir(args),
-                    seed=args.seed,
-                    max_s=max_s,
-                    fmt=fmt,
-                    progress=progress,
-                )
-            ]
-    except ScenarioError as exc:
-        for issue in exc.errors:
-            _write(f"{issue}\n")
-        return 2
-    except (ModelLoadError, ValueError, OSError) as exc:
-        log.error("run", error=str(exc))
-        return 2
-    for r in results:
-        _write(
-            f"{r['scenario_name']} seed {r['seed']}: {r['simulated_s']:.1f} s simulated "
-            f"in {r['wall_s']:.1f} s "
-            f"({speed_text(r['simulated_s'], r['wall_s'])}), {r['rows']['states']} state rows, "
-            f"{r['rows']['spectra']} spectrum points, {r['rows']['faults']} fault events"
-            f"{'' if r['finished'] else ' (stopped at --max-s)'}\n"
-        )
-    _write(f"written to {args.out}\n")
-    return 0
+        return [
+            run_scenario(
+                Path(args.file),
+                Path(args.out),
+                model_dir=_model_dir(args),
+                seed=args.seed,
+                max_s=max_s,
+                fmt=fmt,
+                progress=progress,
+            )
+        ]
+
+    def body() -> int:
+        for r in compute():
+            _write(
+                f"{r['scenario_name']} seed {r['seed']}: {r['simulated_s']:.1f} s simulated "
+                f"in {r['wall_s']:.1f} s "
+                f"({speed_text(r['simulated_s'], r['wall_s'])}), {r['rows']['states']} state rows, "
+                f"{r['rows']['spectra']} spectrum points, {r['rows']['faults']} fault events"
+                f"{'' if r['finished'] else ' (stopped at --max-s)'}\n"
+            )
+        _write(f"written to {args.out}\n")
+        return 0
+
+    return _scenario_command("run", body)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -314,3 +314,12 @@ async def test_malformed_control_gets_a_nak_with_its_seq() -> None:
                 errors.append(frame.message)
         assert {e.ack_seq for e in errors} == {4242, 4243}
         assert {e.code for e in errors} == {p.ErrorCode.BAD_CRC, p.ErrorCode.MALFORMED_PAYLOAD}
+
+
+def test_demo_with_a_bad_scenario_reports_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hil_server.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nseed: 1\n")
+    assert main(["demo", "--scenario", str(bad)]) == 2
+    assert "bad.yaml:1: timeline: missing required key" in capsys.readouterr().out
