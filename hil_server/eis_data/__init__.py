@@ -6,7 +6,7 @@ inductive; frequencies descending; SOC and SOH as fractions) collected in a `Spe
 """
 
 from ._aggregate import Collection, collect, format_report, load_all
-from ._generic import read_generic_csv, write_generic_csv
+from ._generic import GENERIC_CSV_COLUMNS, read_generic_csv, write_generic_csv
 from ._npz import content_hash, load_npz, save_npz
 from ._paths import DEFAULT_DATA_ROOT, ENV_VAR, data_root
 from ._rashid import RashidDefect, find_defects, read_rashid2023
@@ -32,6 +32,7 @@ __all__ = [
     "FLAG_NO_CAPACITY",
     "FLAG_SOC20_LIKE_SOC5",
     "FLAG_SOC_UNLABELLED",
+    "GENERIC_CSV_COLUMNS",
     "Collection",
     "DataNotFoundError",
     "EisDataError",

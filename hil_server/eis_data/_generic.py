@@ -22,6 +22,8 @@ from ._schema import EisDataError, Spectrum, SpectrumSet
 
 REQUIRED_COLUMNS = ("spectrum_id", "soc", "temp_c", "soh", "freq_hz", "z_re_ohm", "z_im_ohm")
 OPTIONAL_COLUMNS = ("cell_id", "source")
+GENERIC_CSV_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+"""The generic EIS CSV schema; other writers (eis-hil run) use it so their output stays readable here."""
 WRITE_COLUMNS = (
     "spectrum_id",
     "cell_id",

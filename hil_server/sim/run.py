@@ -17,7 +17,6 @@ however long the scenario runs.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -31,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from ..eis_data import GENERIC_CSV_COLUMNS
 from ..model.profiles import resolve
 from ..model.runtime import NumpyPinn
 from ..model.store import BUNDLED_MODEL_DIR, ModelMetadata, read_metadata
@@ -88,11 +88,6 @@ class TableWriter:
             self._handle.close()
 
 
-@dataclasses.dataclass
-class _Buffers:
-    states: list[StepOutput] = dataclasses.field(default_factory=list)
-
-
 def _state_columns(outputs: list[StepOutput]) -> dict[str, npt.ArrayLike]:
     n = outputs[0].reported.voltage_v.size
     cols: dict[str, npt.ArrayLike] = {
@@ -109,23 +104,7 @@ def _state_columns(outputs: list[StepOutput]) -> dict[str, npt.ArrayLike]:
 
 def _spectrum_columns(outputs: list[StepOutput], profile: str) -> dict[str, npt.ArrayLike]:
     parts: dict[str, list[npt.NDArray[Any]]] = {
-        k: []
-        for k in (
-            "spectrum_id",
-            "soc",
-            "temp_c",
-            "soh",
-            "freq_hz",
-            "z_re_ohm",
-            "z_im_ohm",
-            "cell_id",
-            "source",
-            "time_s",
-            "cell",
-            "dropped",
-            "true_z_re_ohm",
-            "true_z_im_ohm",
-        )
+        k: [] for k in (*GENERIC_CSV_COLUMNS, "time_s", "cell", "dropped", "true_z_re_ohm", "true_z_im_ohm")
     }
     for o in outputs:
         for sp in o.spectra:
