@@ -74,21 +74,13 @@ int main(int argc, char **argv)
 {
     static session_t s;
     speed_t speed;
-    int i, rc;
+    int rc;
     if (argc < 3 || baud_constant(strtol(argv[2], NULL, 10), &speed) < 0) {
         fprintf(stderr, "usage: %s device baud [--secret S] [--name N] (baud: 9600 .. 921600)\n", argv[0]);
         return 1;
     }
     s.name = "hil_serial_client";
-    for (i = 3; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--secret") == 0)
-            s.secret = argv[i + 1];
-        else if (strcmp(argv[i], "--name") == 0)
-            s.name = argv[i + 1];
-        else
-            break;
-    }
-    if (i != argc) {
+    if (session_options(&s, argc, argv) < 0) {
         fprintf(stderr, "usage: %s device baud [--secret S] [--name N]\n", argv[0]);
         return 1;
     }

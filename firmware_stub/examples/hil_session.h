@@ -177,6 +177,21 @@ static int on_event(session_t *s, hil_event_kind_t kind)
     return 0;
 }
 
+/* Options after the two positional arguments: [--secret S] [--name N]. Returns 0, or -1 on anything else. */
+static int session_options(session_t *s, int argc, char **argv)
+{
+    int i;
+    for (i = 3; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--secret") == 0)
+            s->secret = argv[i + 1];
+        else if (strcmp(argv[i], "--name") == 0)
+            s->name = argv[i + 1];
+        else
+            break;
+    }
+    return i == argc ? 0 : -1;
+}
+
 /* Run the session until BYE (returns 0), end of stream (0) or an error (1). */
 static int session_run(session_t *s)
 {

@@ -40,21 +40,13 @@ static int connect_tcp(const char *host, const char *port)
 int main(int argc, char **argv)
 {
     static session_t s;
-    int i, rc;
+    int rc;
     if (argc < 3) {
         fprintf(stderr, "usage: %s host port [--secret S] [--name N]\n", argv[0]);
         return 1;
     }
     s.name = "hil_tcp_client";
-    for (i = 3; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--secret") == 0)
-            s.secret = argv[i + 1];
-        else if (strcmp(argv[i], "--name") == 0)
-            s.name = argv[i + 1];
-        else
-            break;
-    }
-    if (i != argc) {
+    if (session_options(&s, argc, argv) < 0) {
         fprintf(stderr, "usage: %s host port [--secret S] [--name N]\n", argv[0]);
         return 1;
     }
