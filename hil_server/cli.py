@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -565,7 +567,16 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check scenario files without running them")
     val.add_argument("files", nargs="+", metavar="FILE")
     val.set_defaults(func=cmd_validate)
+
+    # Commands that live in their own modules: each has ``register(subparsers)`` and keeps its imports
+    # light at module level (the parser is built on every invocation).
+    for name in _COMMAND_MODULES:
+        if importlib.util.find_spec(f"{__package__}.{name}") is not None:
+            importlib.import_module(f"{__package__}.{name}").register(sub)
     return parser
+
+
+_COMMAND_MODULES = ("mock_bms", "capture_cli", "serial_bridge")
 
 
 def main(argv: list[str] | None = None) -> int:
