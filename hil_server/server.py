@@ -27,23 +27,24 @@ import enum
 import functools
 import operator
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
 
 import protocol as p
 
-from . import __version__
-from .model.linkk import kk_residual
 from .sim.engine import Engine
-from .sim.output import StepOutput
+from .sim.output import StreamFault
+from .sources import ControlRefusedError, EngineSource, Item, Source, Tick
+from .sources import Identity as ServerIdentity
+from .transport_faults import TransportFaults
+
+if TYPE_CHECKING:
+    from .capture import CaptureWriter
 
 log = structlog.get_logger(__name__)
-
-MAX_CELLS_PER_FRAME = (p.MAX_PAYLOAD_SIZE - 24) // p.CELL_STATE_DTYPE.itemsize  # 24: the fixed part
-INT32 = (-(2**31), 2**31 - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,108 +64,11 @@ class ServerConfig:
     control_rate_per_s: float = 50.0
 
 
-@dataclasses.dataclass(frozen=True)
-class ServerIdentity:
-    model_id: str
-    model_sha256: str
-    scenario_id: str
-    scenario_sha256: bytes
-
-
 class State(enum.Enum):
     HANDSHAKE = "handshake"
     READY = "ready"
     STREAMING = "streaming"
     CLOSED = "closed"
-
-
-def _clip_int(values: Any, lo: int, hi: int) -> Any:
-    arr = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=hi, neginf=lo)
-    return np.clip(np.rint(arr), lo, hi).astype(np.int64)
-
-
-def step_messages(
-    out: StepOutput, wall_us: int, wanted: int = p.SubscribeMask.ALL
-) -> Iterator[tuple[int, p.Message, int | None]]:
-    """(subscribe-mask bit, message, cell or None) for what one engine step produces, only of the kinds in
-    ``wanted``: a spectrum costs a Lin-KK fit (0.35 ms), not worth paying when no client subscribes to it."""
-    r = out.reported
-    n = r.voltage_v.size if wanted & p.SubscribeMask.CELL_STATES else 0
-    for start in range(0, n, MAX_CELLS_PER_FRAME):
-        sl = slice(start, min(n, start + MAX_CELLS_PER_FRAME))
-        yield (
-            p.SubscribeMask.CELL_STATES,
-            p.CellStates.from_columns(
-                out.time_us,
-                wall_us,
-                out.step & 0xFFFFFFFF,
-                cell=np.arange(sl.start, sl.stop),
-                flags=r.flags[sl],
-                voltage_uV=_clip_int(r.voltage_v[sl] * 1e6, *INT32),
-                current_uA=_clip_int(r.current_a[sl] * 1e6, *INT32),
-                temperature_mdegC=_clip_int(r.temp_c[sl] * 1e3, *INT32),
-                soc_ppm=_clip_int(r.soc[sl] * 1e6, 0, 1_000_000),
-                soh_ppm=_clip_int(r.soh[sl] * 1e6, 0, 1_000_000),
-            ),
-            None,
-        )
-    for fe in out.fault_events if wanted & p.SubscribeMask.FAULT_EVENT else ():
-        yield (
-            p.SubscribeMask.FAULT_EVENT,
-            p.FaultEvent(
-                fe.time_us,
-                fe.fault_id,
-                round(fe.severity * 1e6),
-                int(fe.kind),
-                int(fe.phase),
-                np.array(fe.cells, dtype=np.uint16),
-            ),
-            None,
-        )
-    for sp in out.spectra if wanted & p.SubscribeMask.EIS_SPECTRUM else ():
-        for i, cell in enumerate(sp.cells.tolist()):
-            keep = ~sp.dropped[i]
-            z = sp.z_ohm[i][keep]
-            yield (
-                p.SubscribeMask.EIS_SPECTRUM,
-                p.EisSpectrum(
-                    sp.time_us,
-                    int(sp.spectrum_ids[i]) & 0xFFFFFFFF,
-                    sp.sweep_duration_us // 1000,
-                    cell,
-                    int(sp.flags[i]),
-                    int(_clip_int(sp.soc[i] * 1e6, 0, 10**6)),
-                    int(_clip_int(sp.soh[i] * 1e6, 0, 10**6)),
-                    int(_clip_int(sp.temp_c[i] * 1e3, *INT32)),
-                    int(_clip_int(sp.current_a[i] * 1e6, *INT32)),
-                    kk_residual(sp.freq_hz[keep], z),
-                    sp.freq_hz[keep],
-                    z.real,
-                    z.imag,
-                ),
-                cell,
-            )
-    for pts in out.points if wanted & p.SubscribeMask.EIS_POINT else ():
-        for i, cell in enumerate(pts.cells.tolist()):
-            for j in range(pts.point_index.size):
-                if pts.dropped[i, j]:
-                    continue
-                z = pts.z_ohm[i, j]
-                yield (
-                    p.SubscribeMask.EIS_POINT,
-                    p.EisPoint(
-                        int(pts.time_us[j]),
-                        int(pts.spectrum_ids[i]) & 0xFFFFFFFF,
-                        cell,
-                        int(pts.point_index[j]),
-                        pts.n_points,
-                        int(pts.flags[i]),
-                        float(pts.freq_hz[j]),
-                        float(z.real),
-                        float(z.imag),
-                    ),
-                    cell,
-                )
 
 
 class Session:
@@ -185,6 +89,8 @@ class Session:
         self.challenge = p.new_challenge() if server.config.secret else bytes(p.AUTH_CHALLENGE_SIZE)
         self.mask = 0
         self.divider = 1
+        self.eis_mode = p.EisMode.SCENARIO_DEFAULT
+        self.transport = TransportFaults()
         self.cells: set[int] | None = None
         self.telemetry: collections.deque[bytes] = collections.deque()
         self.replies: collections.deque[bytes] = collections.deque()
@@ -207,18 +113,34 @@ class Session:
         self.replies.append(self.encoder.encode(message))
         self.wake.set()
 
-    def push_payload(self, msg_type: int, payload: bytes, droppable: bool = True) -> None:
+    def push_payload(
+        self,
+        msg_type: int,
+        payload: bytes,
+        droppable: bool = True,
+        faults: tuple[StreamFault, ...] = (),
+        t_us: int = 0,
+    ) -> None:
+        """Queue a frame. Telemetry (``droppable``) goes through the active stream ``faults`` at ``t_us``."""
         frame = p.frame_payload(msg_type, payload, self.encoder.next_seq, 0, self.encoder.version)
         self.encoder.next_seq = (self.encoder.next_seq + 1) & 0xFFFFFFFF
         if not droppable:
             self.replies.append(frame)
+        elif faults or not self.transport.idle:
+            self.queue_telemetry(self.transport.apply(frame, t_us, faults))
         else:
-            if len(self.telemetry) >= self.server.config.queue_frames:
+            self.queue_telemetry((frame,))
+        self.wake.set()
+
+    def queue_telemetry(self, frames: Sequence[bytes]) -> None:
+        limit = self.server.config.queue_frames
+        for frame in frames:
+            if len(self.telemetry) >= limit:
                 self.telemetry.popleft()
                 self.frames_dropped += 1
             self.telemetry.append(frame)
-            if len(self.telemetry) > self.server.config.queue_frames // 2:
-                self.room.clear()
+        if len(self.telemetry) > limit // 2:
+            self.room.clear()
         self.wake.set()
 
     async def writer_loop(self) -> None:
@@ -340,18 +262,23 @@ class Session:
         self.reply(p.Ack(seq, 0, hi))
 
     def subscribe(self, seq: int, msg: p.Subscribe) -> None:
-        n = self.server.engine.n_cells
+        n = self.server.source.n_cells
         cells = [int(c) for c in msg.cells]
         bad = [c for c in cells if c >= n]
         if bad:
             self.reply(p.Nak(seq, 0, p.ErrorCode.UNKNOWN_CELL, f"cells {bad} do not exist (0..{n - 1})"))
             return
+        if msg.eis_mode not in tuple(p.EisMode):
+            self.reply(p.Nak(seq, 0, p.ErrorCode.OUT_OF_RANGE, f"eis_mode {msg.eis_mode} is not 0, 1 or 2"))
+            return
         self.mask = msg.msg_mask
         self.divider = max(1, msg.state_divider)
+        self.eis_mode = p.EisMode(msg.eis_mode)
         self.cells = set(cells) if cells else None
         self.state = State.STREAMING
         self.reply(p.Ack(seq, 0, len(cells) if cells else n))
         self.server.streaming_changed.set()
+        self.server.update_eis_modes()
 
     def control(self, seq: int, msg: p.Control) -> None:
         now = time.monotonic()
@@ -371,12 +298,17 @@ class Session:
         self.log.info("control", command=_name(p.ControlCommand, msg.command), result=result)
         self.reply(p.Ack(seq, msg.command, result))
 
-    def wants(self, bit: int, cell: int | None) -> bool:
-        return (
-            self.state is State.STREAMING
-            and bool(self.mask & bit)
-            and (cell is None or self.cells is None or cell in self.cells)
-        )
+    def wants(self, item: Item, default_mode: p.EisMode) -> bool:
+        if not self.mask & item.bit or (
+            item.cell is not None and self.cells is not None and item.cell not in self.cells
+        ):
+            return False
+        mode = self.eis_mode or default_mode
+        if item.bit == p.SubscribeMask.EIS_POINT:
+            return mode != p.EisMode.INSTANT
+        if item.eis_mode and mode:  # a replayed capture has no default: every spectrum goes out
+            return item.eis_mode == mode
+        return True
 
 
 def _name(enum_type: type[p.ControlCommand], value: int) -> str:
@@ -386,25 +318,27 @@ def _name(enum_type: type[p.ControlCommand], value: int) -> str:
         return str(value)
 
 
-class ControlRefusedError(Exception):
-    def __init__(self, code: p.ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 class HilServer:
-    """Owns the engine, the listening socket, the sessions and the simulation loop."""
+    """Owns the source, the listening socket, the sessions and the loop that paces the source."""
 
     def __init__(
         self,
-        engine: Engine,
-        identity: ServerIdentity,
+        source: Source | Engine,
+        identity: ServerIdentity | None = None,
         config: ServerConfig = ServerConfig(),
         *,
         now: Callable[[], float] = time.monotonic,
+        recorder: CaptureWriter | None = None,
     ) -> None:
-        self.engine = engine
-        self.identity = identity
+        """``source``: what to stream (an ``Engine`` with its ``identity`` is wrapped in an EngineSource).
+        ``recorder``: every frame of the full stream (all cells, all kinds) is also written there."""
+        from . import __version__
+
+        if isinstance(source, Engine):
+            if identity is None:
+                raise TypeError("an Engine needs its ServerIdentity")
+            source = EngineSource(source, identity, __version__)
+        self.source: Source = source
         self.config = config
         self.now = now
         self.sessions: dict[int, Session] = {}
@@ -416,9 +350,26 @@ class HilServer:
         self.streaming_changed = asyncio.Event()
         self.lateness_us: list[float] = []
         self.rx_bad = 0
+        self.recorder = recorder
+        self._rec_encoder = p.FrameEncoder()
+        self._rec_t0 = now()
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._anchor: tuple[float, float] | None = None
+        self._anchor: tuple[float, int] | None = None
+        hello = self.source.hello()
+        self._default_mode = p.EisMode.SCENARIO_DEFAULT
+        if isinstance(self.source, EngineSource):
+            mode = self.source.engine.scenario.eis.mode
+            self._default_mode = p.EisMode.SWEEP if mode == "sweep" else p.EisMode.INSTANT
+        self._hello_template = hello
+        self._record(hello)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of a scenario source (TypeError for a replay)."""
+        if not isinstance(self.source, EngineSource):
+            raise TypeError("this server streams a capture, not a running scenario")
+        return self.source.engine
 
     @property
     def port(self) -> int:
@@ -436,9 +387,11 @@ class HilServer:
             "serving",
             host=self.config.host,
             port=self.port,
-            scenario=self.identity.scenario_id,
+            stream=self._hello_template.scenario_id,
             speed=self.speed,
-            cells=self.engine.n_cells,
+            cells=self.source.n_cells,
+            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+            recording=None if self.recorder is None else str(self.recorder.path),
         )
 
     async def stop(self, reason: str = "server shutting down") -> None:
@@ -457,7 +410,34 @@ class HilServer:
             s.writer.transport.abort()
         if self._server is not None:
             await self._server.wait_closed()
+        self._close_recorder()
         log.info("stopped", reason=reason)
+
+    # -- recording -----------------------------------------------------------------------------------
+    def _record(self, message: p.Message) -> None:
+        if self.recorder is None:
+            return
+        from .capture import DIR_TX, CaptureError
+
+        try:
+            t_us = round((self.now() - self._rec_t0) * 1e6)
+            self.recorder.write(self._rec_encoder.encode(message), direction=DIR_TX, t_us=t_us)
+        except CaptureError as exc:
+            # The stream goes on without the recording; what was written stays readable.
+            log.error("recording stopped", error=str(exc), records=self.recorder.records)
+            self._close_recorder()
+
+    def _close_recorder(self) -> None:
+        rec, self.recorder = self.recorder, None
+        if rec is None:
+            return
+        from .capture import CaptureError
+
+        try:
+            rec.close()
+        except CaptureError as exc:
+            log.error("recording close failed", error=str(exc))
+        log.info("recording closed", path=str(rec.path), records=rec.records, bytes=rec.bytes_written)
 
     # -- sessions ------------------------------------------------------------------------------------
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -485,6 +465,7 @@ class HilServer:
             session.state = State.CLOSED
             self.sessions.pop(sid, None)
             self.streaming_changed.set()
+            self.update_eis_modes()
             writer.close()
             session.log.info(
                 "disconnected",
@@ -495,26 +476,26 @@ class HilServer:
             )
 
     def _hello(self, session: Session) -> p.ServerHello:
-        return p.ServerHello(
+        return dataclasses.replace(
+            self._hello_template,
             auth_required=int(self.config.secret is not None),
-            seed=self.engine.seed & 0xFFFFFFFFFFFFFFFF,
-            cell_count=self.engine.n_cells,
-            step_period_us=round(self.engine.dt_s * 1e6),
             auth_challenge=session.challenge,
-            model_hash=bytes.fromhex(self.identity.model_sha256),
-            scenario_hash=self.identity.scenario_sha256,
-            server_version=__version__,
-            model_id=self.identity.model_id[:255],
-            scenario_id=self.identity.scenario_id[:255],
-            freq_hz=self.engine.freq_hz,
         )
 
-    # -- simulation ----------------------------------------------------------------------------------
+    def update_eis_modes(self) -> None:
+        """Tell the source which EIS outputs the streaming clients want (and the recording: the default)."""
+        eis = p.SubscribeMask.EIS_SPECTRUM | p.SubscribeMask.EIS_POINT
+        modes = {s.eis_mode or self._default_mode for s in self._streaming() if s.mask & eis}
+        if self.recorder is not None:
+            modes.add(self._default_mode)
+        self.source.set_eis_modes(frozenset(modes - {p.EisMode.SCENARIO_DEFAULT}))
+
+    # -- pacing --------------------------------------------------------------------------------------
     def _streaming(self) -> list[Session]:
         return [s for s in self.sessions.values() if s.state is State.STREAMING and not s.closing]
 
     def _reanchor(self) -> None:
-        self._anchor = (self.now(), self.engine.time_s)
+        self._anchor = (self.now(), self.source.next_time_us)
 
     async def _sim_loop(self) -> None:
         self._reanchor()
@@ -526,8 +507,8 @@ class HilServer:
                 continue
             if self.speed > 0:
                 assert self._anchor is not None
-                wall0, sim0 = self._anchor
-                due = wall0 + (self.engine.next_time_us / 1e6 - sim0) / self.speed
+                wall0, t0_us = self._anchor
+                due = wall0 + (self.source.next_time_us - t0_us) / 1e6 / self.speed
                 if self.now() >= due:
                     # Behind schedule (speed beyond what the CPU can step): catch up, but still yield, or
                     # the sessions' readers and writers on this event loop would starve.
@@ -537,11 +518,17 @@ class HilServer:
                 self.lateness_us.append((self.now() - due) * 1e6)
             else:
                 await self._wait_for_slowest()
-            out = self.engine.step()
-            self._broadcast(out)
-            if out.finished and not out.spectra and not out.points:
+            sessions = self._streaming()
+            wanted = functools.reduce(operator.or_, (s.mask for s in sessions), 0)
+            if self.recorder is not None:
+                wanted = p.SubscribeMask.ALL
+            tick = self.source.tick(wanted, time.time_ns() // 1000)
+            self._broadcast(tick, sessions)
+            if tick.finished:
                 self.sim_state = p.SimState.FINISHED
-                log.info("scenario finished", simulated_s=self.engine.time_s)
+                for s in sessions:  # held frames (delay/reorder faults) go out at the end of the stream
+                    s.queue_telemetry(s.transport.release(2**62, ()))
+                log.info("stream finished", t_s=self.source.time_us / 1e6)
 
     async def _wait_for_slowest(self) -> None:
         """Speed 0: step only when every streaming client has room (and at least one is streaming)."""
@@ -557,30 +544,40 @@ class HilServer:
             for w in pending:
                 w.cancel()
 
-    def _broadcast(self, out: StepOutput) -> None:
-        sessions = self._streaming()
-        if not sessions:
+    def _broadcast(self, tick: Tick, sessions: list[Session]) -> None:
+        faults = tick.stream_faults
+        for s in sessions:
+            if faults and s.transport.disconnect_due(faults):
+                s.log.warning("disconnect fault: cutting the connection")
+                s.closing = True
+                s.writer.transport.abort()
+        sessions = [s for s in sessions if not s.closing]
+        if not sessions and self.recorder is None:
             return
-        wall_us = time.time_ns() // 1000
         payloads: dict[int, bytes] = {}
-        wanted = functools.reduce(operator.or_, (s.mask for s in sessions), 0)
-        for bit, msg, cell in step_messages(out, wall_us, wanted):
+        default = self._default_mode
+        for item in tick.items:
+            msg = item.message
+            self._record(msg)
+            state_step = msg.step if isinstance(msg, p.CellStates) else 0
             for s in sessions:
-                if bit == p.SubscribeMask.CELL_STATES and out.step % s.divider:
-                    continue
-                if not s.wants(bit, cell):
+                if state_step % s.divider or not s.wants(item, default):
                     continue
                 if isinstance(msg, p.CellStates) and s.cells is not None:
                     keep = np.isin(msg.records["cell"], sorted(s.cells))
                     if not keep.any():
                         continue
                     sub = p.CellStates(msg.t_sim_us, msg.t_wall_us, msg.step, msg.records[keep])
-                    s.push_payload(msg.MSG_TYPE, p.encode_payload(sub))
+                    s.push_payload(msg.MSG_TYPE, p.encode_payload(sub), True, faults, tick.time_us)
                     continue
                 key = id(msg)
                 if key not in payloads:
                     payloads[key] = p.encode_payload(msg)
-                s.push_payload(msg.MSG_TYPE, payloads[key], droppable=bit != p.SubscribeMask.FAULT_EVENT)
+                droppable = item.bit != p.SubscribeMask.FAULT_EVENT
+                s.push_payload(msg.MSG_TYPE, payloads[key], droppable, faults, tick.time_us)
+        for s in sessions:
+            if not s.transport.idle:
+                s.queue_telemetry(s.transport.release(tick.time_us, faults))
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -606,7 +603,7 @@ class HilServer:
                     )
                     continue
                 hb = p.Heartbeat(
-                    self.engine.time_us,
+                    self.source.time_us,
                     time.time_ns() // 1000,
                     s.frames_sent,
                     s.frames_dropped,
@@ -621,16 +618,15 @@ class HilServer:
 
     # -- control -------------------------------------------------------------------------------------
     def _cells(self, cell: int) -> list[int] | None:
+        n = self.source.n_cells
         if cell == p.ALL_CELLS:
             return None
-        if cell >= self.engine.n_cells:
-            raise ControlRefusedError(
-                p.ErrorCode.UNKNOWN_CELL, f"cell {cell} does not exist (0..{self.engine.n_cells - 1})"
-            )
+        if cell >= n:
+            raise ControlRefusedError(p.ErrorCode.UNKNOWN_CELL, f"cell {cell} does not exist (0..{n - 1})")
         return [cell]
 
     def apply_control(self, msg: p.Control) -> int:
-        cmd, state, e = msg.command, self.sim_state, self.engine
+        cmd, state = msg.command, self.sim_state
         c = p.ControlCommand
         if cmd == c.PAUSE:
             if state is not p.SimState.RUNNING:
@@ -651,45 +647,17 @@ class HilServer:
             if state is p.SimState.RUNNING:
                 raise ControlRefusedError(p.ErrorCode.NOT_ALLOWED_IN_STATE, "already running")
             if state in (p.SimState.STOPPED, p.SimState.FINISHED):
-                e.seek(0.0)
+                self.source.seek(0)
             self._run()
             return 0
         if cmd == c.SEEK:
             if msg.value < 0:
                 raise ControlRefusedError(p.ErrorCode.OUT_OF_RANGE, "seek target must be >= 0")
-            e.seek(msg.value / 1e6)
+            self.source.seek(msg.value)
             if self.sim_state is p.SimState.FINISHED:
                 self.sim_state = p.SimState.PAUSED
             self._reanchor()
-            return e.time_us
-        if cmd == c.SET_LOAD_CURRENT:
-            cells = self._cells(msg.cell)
-            e.set_load_current(None if msg.aux & 1 else msg.value / 1e6, cells)
-            return 0
-        if cmd == c.SET_AMBIENT_TEMPERATURE:
-            temp_c = msg.value / 1e3
-            if not msg.aux & 1 and not -60.0 <= temp_c <= 120.0:
-                raise ControlRefusedError(
-                    p.ErrorCode.OUT_OF_RANGE, f"ambient {temp_c:g} C outside -60..120 C"
-                )
-            e.set_ambient(None if msg.aux & 1 else temp_c)
-            return 0
-        if cmd == c.INJECT_FAULT:
-            try:
-                kind = p.FaultKind(msg.fault_kind)
-            except ValueError:
-                raise ControlRefusedError(
-                    p.ErrorCode.OUT_OF_RANGE, f"unknown fault kind {msg.fault_kind}"
-                ) from None
-            if not 0 <= msg.value <= 1_000_000:
-                raise ControlRefusedError(p.ErrorCode.OUT_OF_RANGE, "severity must be 0..1000000 ppm")
-            return e.inject_fault(
-                kind, self._cells(msg.cell), msg.value / 1e6, msg.aux / 1e3 if msg.aux else None
-            )
-        if cmd == c.CLEAR_FAULT:
-            return e.clear_fault(msg.aux)
-        if cmd == c.REQUEST_SPECTRUM:
-            return e.request_spectrum(self._cells(msg.cell))
+            return self.source.time_us
         if cmd == c.SET_SPEED:
             if msg.value < 0:
                 raise ControlRefusedError(p.ErrorCode.OUT_OF_RANGE, "speed must be >= 0")
@@ -697,7 +665,7 @@ class HilServer:
             self._reanchor()
             self.streaming_changed.set()
             return 0
-        raise ControlRefusedError(p.ErrorCode.UNKNOWN_COMMAND, f"unknown command {cmd}")
+        return self.source.control(msg, self._cells(msg.cell))
 
     def _run(self) -> None:
         self.sim_state = p.SimState.RUNNING
@@ -710,4 +678,10 @@ def identity_for(scenario_path: Any, scenario_name: str, model_sha256: str, mode
     return ServerIdentity(model_id, model_sha256, scenario_name, scenario_hash(scenario_path))
 
 
-__all__: Sequence[str] = ["HilServer", "ServerConfig", "ServerIdentity", "identity_for", "step_messages"]
+__all__: Sequence[str] = [
+    "ControlRefusedError",
+    "HilServer",
+    "ServerConfig",
+    "ServerIdentity",
+    "identity_for",
+]

@@ -156,6 +156,10 @@ class Engine:
         self.freq_hz = np.asarray(scenario.eis.frequencies_hz, dtype=np.float64)
         self._tol = param_tolerance
         self._range = source.input_range(scenario.cells.profile)
+        self.eis_modes: frozenset[str] = frozenset({scenario.eis.mode})
+        """Which EIS outputs to produce, ``instant`` and/or ``sweep``; the scenario's mode by default. A
+        server sets both when its clients ask for different modes: each request then yields an instant
+        spectrum and a sweep (spectrum ids count both)."""
         self._controls: list[_Control] = []
         self._replaying = False
         self._reset()
@@ -192,7 +196,8 @@ class Engine:
         self._cache_op: tuple[F64, F64, F64] | None = None
         interval = sc.eis.interval_s
         self._next_auto_s = interval if interval is not None else math.inf
-        self._pending = np.zeros(n, dtype=bool)
+        self._pending = np.zeros((2, n), dtype=bool)
+        """Requested spectra not yet started, per output mode: row 0 instant, row 1 sweep-timed."""
         self._spectrum_counter = np.zeros(n, dtype=np.int64)
         self._sweeping = np.zeros(n, dtype=bool)
         self._sweeps: list[_SweepRun] = []
@@ -281,7 +286,7 @@ class Engine:
         """Asks for a spectrum of ``cells`` (None = all) at the next step; returns the (first) spectrum id."""
         self._record("request_spectrum", None if cells is None else tuple(cells))
         idx = np.arange(self.n_cells) if cells is None else np.asarray(cells, dtype=np.int64)
-        self._pending[idx] = True
+        self._pending[:, idx] = True
         return int(self._spectrum_counter[idx[0]]) + 1
 
     def inject_fault(
@@ -806,21 +811,21 @@ class Engine:
         points: list[SweepPoints] = []
         n_f = self.freq_hz.size
         all_points = np.arange(n_f)
-        if self.scenario.eis.mode == "instant":
-            if self._pending.any():
-                cells = np.flatnonzero(self._pending)
-                self._pending[:] = False
-                self._spectrum_counter[cells] += 1
-                z = self._true_z(cells, self.freq_hz)
-                rep, dropped = self._measure(cells, z, all_points, now_s)
-                spectra.append(
-                    self._spectrum(cells, self._spectrum_counter[cells].copy(), z, rep, dropped, 0, flags)
-                )
-            return spectra, points
-        start = self._pending & ~self._sweeping
+        if "instant" in self.eis_modes and self._pending[0].any():
+            cells = np.flatnonzero(self._pending[0])
+            self._spectrum_counter[cells] += 1
+            z = self._true_z(cells, self.freq_hz)
+            rep, dropped = self._measure(cells, z, all_points, now_s)
+            spectra.append(
+                self._spectrum(cells, self._spectrum_counter[cells].copy(), z, rep, dropped, 0, flags)
+            )
+        self._pending[0] = False
+        if "sweep" not in self.eis_modes:
+            self._pending[1] = False  # sweeps already running complete
+        start = self._pending[1] & ~self._sweeping
         if start.any():
             cells = np.flatnonzero(start)
-            self._pending[cells] = False
+            self._pending[1, cells] = False
             self._sweeping[cells] = True
             self._spectrum_counter[cells] += 1
             eis = self.scenario.eis

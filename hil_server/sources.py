@@ -1,0 +1,277 @@
+"""What a server streams: a source produces, tick by tick, the messages due at each tick's time.
+
+Two sources: ``EngineSource`` runs a scenario (the simulation) and carries out the controls that act on it;
+``ReplaySource`` (in ``hil_server.replay``) serves a recorded capture. The server owns the pacing, the
+sessions and the controls that act on the stream itself (pause, resume, stop, start, speed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+import protocol as p
+
+from .model.linkk import kk_residual
+from .sim.engine import Engine
+from .sim.output import StepOutput, StreamFault
+
+MAX_CELLS_PER_FRAME = (p.MAX_PAYLOAD_SIZE - 24) // p.CELL_STATE_DTYPE.itemsize  # 24: the fixed part
+INT32 = (-(2**31), 2**31 - 1)
+
+
+class ControlRefusedError(Exception):
+    """A CONTROL command the source cannot carry out: the session answers NAK with ``code``."""
+
+    def __init__(self, code: p.ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Item(NamedTuple):
+    """One message to stream, with what a session filters it by."""
+
+    bit: int
+    """Its ``SubscribeMask`` bit."""
+    message: p.Message
+    cell: int | None
+    """The cell of a spectrum or point; None for messages about several cells."""
+    eis_mode: int = p.EisMode.SCENARIO_DEFAULT
+    """For EIS_SPECTRUM: INSTANT or SWEEP (the completed sweep), matched against each client's choice."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tick:
+    time_us: int
+    """When the tick is due, on the source's time line (simulated time for a scenario, capture time for a
+    replay)."""
+    items: Iterable[Item]
+    stream_faults: tuple[StreamFault, ...] = ()
+    finished: bool = False
+    """Nothing further will come (until a seek or restart)."""
+
+
+class Source(Protocol):
+    """What the server needs from whatever produces the stream."""
+
+    n_cells: int
+    freq_hz: Any
+
+    @property
+    def time_us(self) -> int: ...
+
+    @property
+    def next_time_us(self) -> int:
+        """When the next tick is due."""
+        ...
+
+    def hello(self) -> p.ServerHello:
+        """The SERVER_HELLO fields that describe the stream (the server fills in auth and challenge)."""
+        ...
+
+    def tick(self, wanted: int, wall_us: int) -> Tick:
+        """Advance by one tick. ``wanted``: the SubscribeMask bits some client wants (and ``eis_modes``)."""
+        ...
+
+    def set_eis_modes(self, modes: frozenset[int]) -> None:
+        """The EisMode values (INSTANT, SWEEP) that some client wants; empty: the source's default."""
+        ...
+
+    def seek(self, time_us: int) -> None: ...
+
+    def control(self, msg: p.Control, cells: list[int] | None) -> int:
+        """Carry out a command that acts on the simulation; raise ControlRefusedError if not possible."""
+        ...
+
+
+def _clip_int(values: Any, lo: int, hi: int) -> Any:
+    arr = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=hi, neginf=lo)
+    return np.clip(np.rint(arr), lo, hi).astype(np.int64)
+
+
+def step_messages(out: StepOutput, wall_us: int, wanted: int = p.SubscribeMask.ALL) -> Iterator[Item]:
+    """The messages of what one engine step produces, only of the kinds in ``wanted``: a spectrum costs a
+    Lin-KK fit (0.35 ms), not worth paying when no client subscribes to it."""
+    r = out.reported
+    n = r.voltage_v.size if wanted & p.SubscribeMask.CELL_STATES else 0
+    for start in range(0, n, MAX_CELLS_PER_FRAME):
+        sl = slice(start, min(n, start + MAX_CELLS_PER_FRAME))
+        yield Item(
+            p.SubscribeMask.CELL_STATES,
+            p.CellStates.from_columns(
+                out.time_us,
+                wall_us,
+                out.step & 0xFFFFFFFF,
+                cell=np.arange(sl.start, sl.stop),
+                flags=r.flags[sl],
+                voltage_uV=_clip_int(r.voltage_v[sl] * 1e6, *INT32),
+                current_uA=_clip_int(r.current_a[sl] * 1e6, *INT32),
+                temperature_mdegC=_clip_int(r.temp_c[sl] * 1e3, *INT32),
+                soc_ppm=_clip_int(r.soc[sl] * 1e6, 0, 1_000_000),
+                soh_ppm=_clip_int(r.soh[sl] * 1e6, 0, 1_000_000),
+            ),
+            None,
+        )
+    for fe in out.fault_events if wanted & p.SubscribeMask.FAULT_EVENT else ():
+        yield Item(
+            p.SubscribeMask.FAULT_EVENT,
+            p.FaultEvent(
+                fe.time_us,
+                fe.fault_id,
+                round(fe.severity * 1e6),
+                int(fe.kind),
+                int(fe.phase),
+                np.array(fe.cells, dtype=np.uint16),
+            ),
+            None,
+        )
+    for sp in out.spectra if wanted & p.SubscribeMask.EIS_SPECTRUM else ():
+        for i, cell in enumerate(sp.cells.tolist()):
+            keep = ~sp.dropped[i]
+            z = sp.z_ohm[i][keep]
+            yield Item(
+                p.SubscribeMask.EIS_SPECTRUM,
+                p.EisSpectrum(
+                    sp.time_us,
+                    int(sp.spectrum_ids[i]) & 0xFFFFFFFF,
+                    sp.sweep_duration_us // 1000,
+                    cell,
+                    int(sp.flags[i]),
+                    int(_clip_int(sp.soc[i] * 1e6, 0, 10**6)),
+                    int(_clip_int(sp.soh[i] * 1e6, 0, 10**6)),
+                    int(_clip_int(sp.temp_c[i] * 1e3, *INT32)),
+                    int(_clip_int(sp.current_a[i] * 1e6, *INT32)),
+                    kk_residual(sp.freq_hz[keep], z),
+                    sp.freq_hz[keep],
+                    z.real,
+                    z.imag,
+                ),
+                cell,
+                p.EisMode.SWEEP if sp.sweep_duration_us else p.EisMode.INSTANT,
+            )
+    for pts in out.points if wanted & p.SubscribeMask.EIS_POINT else ():
+        for i, cell in enumerate(pts.cells.tolist()):
+            for j in range(pts.point_index.size):
+                if pts.dropped[i, j]:
+                    continue
+                z = pts.z_ohm[i, j]
+                yield Item(
+                    p.SubscribeMask.EIS_POINT,
+                    p.EisPoint(
+                        int(pts.time_us[j]),
+                        int(pts.spectrum_ids[i]) & 0xFFFFFFFF,
+                        cell,
+                        int(pts.point_index[j]),
+                        pts.n_points,
+                        int(pts.flags[i]),
+                        float(pts.freq_hz[j]),
+                        float(z.real),
+                        float(z.imag),
+                    ),
+                    cell,
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    model_id: str
+    model_sha256: str
+    scenario_id: str
+    scenario_sha256: bytes
+
+
+_MODE_NAMES: dict[int, str] = {p.EisMode.INSTANT: "instant", p.EisMode.SWEEP: "sweep"}
+
+
+class EngineSource:
+    """A running scenario: one tick is one engine step."""
+
+    def __init__(self, engine: Engine, identity: Identity, server_version: str) -> None:
+        self.engine = engine
+        self.identity = identity
+        self.server_version = server_version
+        self.n_cells = engine.n_cells
+        self.freq_hz = engine.freq_hz
+
+    @property
+    def time_us(self) -> int:
+        return self.engine.time_us
+
+    @property
+    def next_time_us(self) -> int:
+        return self.engine.next_time_us
+
+    def hello(self) -> p.ServerHello:
+        e, ident = self.engine, self.identity
+        return p.ServerHello(
+            auth_required=0,
+            seed=e.seed & 0xFFFFFFFFFFFFFFFF,
+            cell_count=e.n_cells,
+            step_period_us=round(e.dt_s * 1e6),
+            auth_challenge=bytes(p.AUTH_CHALLENGE_SIZE),
+            model_hash=bytes.fromhex(ident.model_sha256),
+            scenario_hash=ident.scenario_sha256,
+            server_version=self.server_version,
+            model_id=ident.model_id[:255],
+            scenario_id=ident.scenario_id[:255],
+            freq_hz=e.freq_hz,
+        )
+
+    def tick(self, wanted: int, wall_us: int) -> Tick:
+        out = self.engine.step()
+        return Tick(
+            out.time_us,
+            step_messages(out, wall_us, wanted),
+            out.stream_faults,
+            out.finished and not out.spectra and not out.points,
+        )
+
+    def set_eis_modes(self, modes: frozenset[int]) -> None:
+        names = frozenset(_MODE_NAMES[m] for m in modes if m in _MODE_NAMES)
+        self.engine.eis_modes = names or frozenset({self.engine.scenario.eis.mode})
+
+    def seek(self, time_us: int) -> None:
+        self.engine.seek(time_us / 1e6)
+
+    def control(self, msg: p.Control, cells: list[int] | None) -> int:
+        cmd, e, c = msg.command, self.engine, p.ControlCommand
+        if cmd == c.SET_LOAD_CURRENT:
+            e.set_load_current(None if msg.aux & 1 else msg.value / 1e6, cells)
+            return 0
+        if cmd == c.SET_AMBIENT_TEMPERATURE:
+            temp_c = msg.value / 1e3
+            if not msg.aux & 1 and not -60.0 <= temp_c <= 120.0:
+                raise ControlRefusedError(
+                    p.ErrorCode.OUT_OF_RANGE, f"ambient {temp_c:g} C outside -60..120 C"
+                )
+            e.set_ambient(None if msg.aux & 1 else temp_c)
+            return 0
+        if cmd == c.INJECT_FAULT:
+            try:
+                kind = p.FaultKind(msg.fault_kind)
+            except ValueError:
+                raise ControlRefusedError(
+                    p.ErrorCode.OUT_OF_RANGE, f"unknown fault kind {msg.fault_kind}"
+                ) from None
+            if not 0 <= msg.value <= 1_000_000:
+                raise ControlRefusedError(p.ErrorCode.OUT_OF_RANGE, "severity must be 0..1000000 ppm")
+            return e.inject_fault(kind, cells, msg.value / 1e6, msg.aux / 1e3 if msg.aux else None)
+        if cmd == c.CLEAR_FAULT:
+            return e.clear_fault(msg.aux)
+        if cmd == c.REQUEST_SPECTRUM:
+            return e.request_spectrum(cells)
+        raise ControlRefusedError(p.ErrorCode.UNKNOWN_COMMAND, f"unknown command {cmd}")
+
+
+__all__: Sequence[str] = [
+    "ControlRefusedError",
+    "EngineSource",
+    "Identity",
+    "Item",
+    "Source",
+    "Tick",
+    "step_messages",
+]
