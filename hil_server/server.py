@@ -554,12 +554,12 @@ class HilServer:
         sessions = [s for s in sessions if not s.closing]
         if not sessions and self.recorder is None:
             return
-        payloads: dict[int, bytes] = {}
         default = self._default_mode
         for item in tick.items:
             msg = item.message
             self._record(msg)
             state_step = msg.step if isinstance(msg, p.CellStates) else 0
+            payload: bytes | None = None  # encoded once, for the first session that wants it
             for s in sessions:
                 if state_step % s.divider or not s.wants(item, default):
                     continue
@@ -570,11 +570,10 @@ class HilServer:
                     sub = p.CellStates(msg.t_sim_us, msg.t_wall_us, msg.step, msg.records[keep])
                     s.push_payload(msg.MSG_TYPE, p.encode_payload(sub), True, faults, tick.time_us)
                     continue
-                key = id(msg)
-                if key not in payloads:
-                    payloads[key] = p.encode_payload(msg)
+                if payload is None:
+                    payload = p.encode_payload(msg)
                 droppable = item.bit != p.SubscribeMask.FAULT_EVENT
-                s.push_payload(msg.MSG_TYPE, payloads[key], droppable, faults, tick.time_us)
+                s.push_payload(msg.MSG_TYPE, payload, droppable, faults, tick.time_us)
         for s in sessions:
             if not s.transport.idle:
                 s.queue_telemetry(s.transport.release(tick.time_us, faults))

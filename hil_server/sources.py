@@ -128,6 +128,29 @@ def step_messages(out: StepOutput, wall_us: int, wanted: int = p.SubscribeMask.A
             ),
             None,
         )
+    # the points that complete a sweep before the whole spectrum
+    for pts in out.points if wanted & p.SubscribeMask.EIS_POINT else ():
+        for i, cell in enumerate(pts.cells.tolist()):
+            for j in range(pts.point_index.size):
+                if pts.dropped[i, j]:
+                    continue
+                z = pts.z_ohm[i, j]
+                yield Item(
+                    p.SubscribeMask.EIS_POINT,
+                    p.EisPoint(
+                        int(pts.time_us[j]),
+                        int(pts.spectrum_ids[i]) & 0xFFFFFFFF,
+                        cell,
+                        int(pts.point_index[j]),
+                        pts.n_points,
+                        int(pts.flags[i]),
+                        float(pts.freq_hz[j]),
+                        float(z.real),
+                        float(z.imag),
+                    ),
+                    cell,
+                )
+
     for sp in out.spectra if wanted & p.SubscribeMask.EIS_SPECTRUM else ():
         for i, cell in enumerate(sp.cells.tolist()):
             keep = ~sp.dropped[i]
@@ -152,27 +175,6 @@ def step_messages(out: StepOutput, wall_us: int, wanted: int = p.SubscribeMask.A
                 cell,
                 p.EisMode.SWEEP if sp.sweep_duration_us else p.EisMode.INSTANT,
             )
-    for pts in out.points if wanted & p.SubscribeMask.EIS_POINT else ():
-        for i, cell in enumerate(pts.cells.tolist()):
-            for j in range(pts.point_index.size):
-                if pts.dropped[i, j]:
-                    continue
-                z = pts.z_ohm[i, j]
-                yield Item(
-                    p.SubscribeMask.EIS_POINT,
-                    p.EisPoint(
-                        int(pts.time_us[j]),
-                        int(pts.spectrum_ids[i]) & 0xFFFFFFFF,
-                        cell,
-                        int(pts.point_index[j]),
-                        pts.n_points,
-                        int(pts.flags[i]),
-                        float(pts.freq_hz[j]),
-                        float(z.real),
-                        float(z.imag),
-                    ),
-                    cell,
-                )
 
 
 @dataclasses.dataclass(frozen=True)

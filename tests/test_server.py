@@ -323,3 +323,104 @@ def test_demo_with_a_bad_scenario_reports_it(tmp_path: Path, capsys: pytest.Capt
     bad.write_text("name: x\nseed: 1\n")
     assert main(["demo", "--scenario", str(bad)]) == 2
     assert "bad.yaml:1: timeline: missing required key" in capsys.readouterr().out
+
+
+def _scenario(tmp_path: Path, extra: str = "", eis: str = "") -> Path:
+    """US06 on a short, fast grid (a whole sweep takes seconds of simulated time), plus ``extra`` YAML."""
+    text = US06.read_text().replace(
+        "frequencies: {min_hz: 0.02, max_hz: 20000, points_per_decade: 6}",
+        "frequencies: {min_hz: 1, max_hz: 1000, points_per_decade: 2}",
+    )
+    if eis:
+        text = text.replace("mode: instant", f"mode: {eis}")
+    path = tmp_path / "scenario.yaml"
+    path.write_text(text + extra)
+    return path
+
+
+@pytest.mark.asyncio
+async def test_each_client_gets_the_eis_mode_it_asked_for(tmp_path: Path) -> None:
+    server = await start_server(_scenario(tmp_path))
+    eis = p.SubscribeMask.EIS_SPECTRUM | p.SubscribeMask.EIS_POINT
+    instant = await HilClient.connect("127.0.0.1", server.port, name="instant")
+    sweep = await HilClient.connect("127.0.0.1", server.port, name="sweep")
+    try:
+        await instant.subscribe(mask=eis, eis_mode=p.EisMode.INSTANT)
+        await sweep.subscribe(mask=eis, eis_mode=p.EisMode.SWEEP)
+        assert isinstance(await instant.control(p.Control(p.ControlCommand.REQUEST_SPECTRUM)), p.Ack)
+        got = await instant.next_message(p.EisSpectrum, timeout=10)
+        assert got.sweep_duration_ms == 0
+        n = got.freq_hz.size
+        # Sweep-timed: the points arrive one by one, high to low frequency, at increasing times that leave
+        # at least one period of each frequency; then the whole spectrum, stamped at the last point.
+        points = [await sweep.next_message(p.EisPoint, timeout=10) for _ in range(n)]
+        assert [pt.point_index for pt in points] == list(range(n))
+        assert len({pt.spectrum_id for pt in points}) == 1
+        times = np.array([pt.t_sim_us for pt in points])
+        freqs = np.array([pt.freq_hz for pt in points])
+        assert np.all(np.diff(freqs) < 0)
+        assert np.all(np.diff(times) >= np.round(1e6 / freqs[1:]) - 1)
+        whole = await sweep.next_message(p.EisSpectrum, timeout=10)
+        assert whole.spectrum_id == points[0].spectrum_id
+        assert whole.sweep_duration_ms > 0
+        assert whole.t_sim_us == pytest.approx(times[-1], abs=200_000)  # within the 10 Hz step
+        np.testing.assert_allclose(whole.z_re_ohm, [pt.z_re_ohm for pt in points], rtol=1e-6)
+        # and the instant client saw no points
+        while not instant.frames.empty():
+            frame = instant.frames.get_nowait()
+            assert frame is None or not isinstance(frame.message, p.EisPoint)
+    finally:
+        await instant.close()
+        await sweep.close()
+        await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_subscribe_with_an_unknown_eis_mode_is_refused() -> None:
+    async with loopback(US06) as (_, client):
+        with pytest.raises(ClientError, match="eis_mode 7"):
+            await client.subscribe(eis_mode=7)
+
+
+@pytest.mark.asyncio
+async def test_stream_faults_reach_the_wire(tmp_path: Path) -> None:
+    faults = (
+        "faults:\n"
+        "  - {kind: drop_frames, start_s: 1, duration_s: 5, probability: 0.5}\n"
+        "  - {kind: corrupt_crc, start_s: 10, duration_s: 5, probability: 0.5}\n"
+        "  - {kind: disconnect, start_s: 20}\n"
+    )
+    async with loopback(_scenario(tmp_path, faults)) as (_, client):
+        await client.subscribe(mask=p.SubscribeMask.CELL_STATES | p.SubscribeMask.FAULT_EVENT)
+        states: list[p.CellStates] = []
+        events: list[p.FaultEvent] = []
+        while True:
+            try:
+                frame = await client.next_frame(timeout=10)
+            except ClientError:
+                break  # the disconnect fault
+            if isinstance(frame.message, p.CellStates):
+                states.append(frame.message)
+            elif isinstance(frame.message, p.FaultEvent):
+                events.append(frame.message)
+    t = np.array([s.t_sim_us for s in states]) / 1e6
+    steps = np.array([s.step for s in states])
+    assert np.all(np.diff(steps[t < 1.0]) == 1)  # intact before the faults
+    dropped = np.diff(steps[(t > 1.0) & (t < 6.0)]) - 1
+    assert 20 < dropped.sum() < 30  # half of the 50 steps in the window
+    assert sum(e.kind is p.DecodeErrorKind.BAD_CRC for e in client.errors) > 10
+    assert 19.0 < t.max() < 20.5  # cut at the disconnect
+    kinds = {e.kind for e in events}
+    assert {p.FaultKind.DROP_FRAMES, p.FaultKind.CORRUPT_CRC} <= kinds  # ground truth never damaged
+
+
+def test_logs_are_json_lines_with_log_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import json
+
+    from hil_server.cli import main
+
+    assert main(["--log-json", "serve", str(US06), "--model", str(tmp_path / "missing")]) == 2
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines and lines[-1]["level"] == "error"
+    assert str(tmp_path / "missing") in lines[-1]["error"]
+    assert {"event", "timestamp"} <= set(lines[-1])
