@@ -26,6 +26,8 @@ import protocol as p
 
 from . import __version__
 from ._logging import configure_logging
+from ._loop import LOOP_CHOICES
+from ._loop import run as run_loop
 from .frame_text import describe
 from .protocol_demo import run_demo
 
@@ -129,7 +131,7 @@ def _scenario_command(command: str, body: Callable[[], int]) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    return _scenario_command("serve", lambda: asyncio.run(_serve(args, Path(args.scenario))))
+    return _scenario_command("serve", lambda: run_loop(_serve(args, Path(args.scenario)), args.loop))
 
 
 def cmd_client(args: argparse.Namespace) -> int:
@@ -165,7 +167,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.host, args.port, args.seed, args.max_clients = "127.0.0.1", 0, None, 8
     try:
         return _scenario_command(
-            "demo", lambda: asyncio.run(_serve(args, Path(args.scenario), demo_seconds=args.seconds))
+            "demo", lambda: run_loop(_serve(args, Path(args.scenario), demo_seconds=args.seconds), args.loop)
         )
     except KeyboardInterrupt:
         return 0
@@ -466,6 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--model", help="model directory (model.keras + metadata.json); default: the bundled model"
         )
 
+    def loop_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--loop", choices=LOOP_CHOICES, default="auto", help="event loop (default: uvloop when installed)"
+        )
+
     demo = sub.add_parser("demo", help="server with the bundled model and a default scenario, and a client")
     model_arg(demo)
     demo.add_argument("--scenario", default=str(DEFAULT_SCENARIO), help="scenario (default: US06 at 25 C)")
@@ -473,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=float, default=60.0, help="simulation speed (default 60x real time)")
     demo.add_argument("--protocol-only", action="store_true", help="the protocol loopback demo instead")
     demo.add_argument("--cells", type=int, default=4, help="cells (protocol-only demo)")
+    loop_arg(demo)
     demo.set_defaults(func=cmd_demo)
 
     serve = sub.add_parser("serve", help="stream a scenario to TCP clients in real time")
@@ -490,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-clients", type=int, default=64)
     serve.add_argument("--secret-file", help="require challenge-response auth with the secret in this file")
     serve.add_argument("--secret-env", help="... or in this environment variable")
+    loop_arg(serve)
     serve.set_defaults(func=cmd_serve)
 
     cl = sub.add_parser("client", help="connect to a server and print what arrives")

@@ -356,6 +356,7 @@ class HilServer:
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._anchor: tuple[float, int] | None = None
+        """(wall clock, source time in µs) from which deadlines are computed: ``wall + dt / speed``."""
         hello = self.source.hello()
         self._default_mode = p.EisMode.SCENARIO_DEFAULT
         if isinstance(self.source, EngineSource):
@@ -495,7 +496,7 @@ class HilServer:
         return [s for s in self.sessions.values() if s.state is State.STREAMING and not s.closing]
 
     def _reanchor(self) -> None:
-        self._anchor = (self.now(), self.source.next_time_us)
+        self._anchor = (self.now(), self.source.time_us)
 
     async def _sim_loop(self) -> None:
         self._reanchor()
