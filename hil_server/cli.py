@@ -113,6 +113,36 @@ async def _demo_client(port: int, secret: bytes | None, seconds: float, divider:
         await client.close()
 
 
+class _StatusLine:
+    """One line of progress on stderr, redrawn in place when stderr is a terminal, at most 4 times a second.
+    ``show`` returns False when stderr is not a terminal (the caller logs instead, less often)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.last_log = 0.0
+        self.width = 0
+
+    def show(self, text: str) -> bool:
+        now = time.monotonic()
+        if not self.tty:
+            if now - self.last_log < 10.0:
+                return True  # nothing to do this time
+            self.last_log = now
+            return False
+        if now - self.last >= 0.25:
+            self.last = now
+            sys.stderr.write("\r" + text.ljust(self.width))
+            sys.stderr.flush()
+            self.width = len(text)
+        return True
+
+    def close(self) -> None:
+        if self.tty and self.width:
+            sys.stderr.write("\r" + " " * self.width + "\r")
+            sys.stderr.flush()
+
+
 def _scenario_command(command: str, body: Callable[[], int]) -> int:
     """Run a command that loads a scenario and a model: a bad scenario prints every issue (file, line, key),
     a missing model or file is one log line; both exit 2."""
@@ -395,14 +425,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     fmt = "csv" if args.csv else "parquet"
     max_s = args.max_s if args.max_s is not None else DEFAULT_MAX_S
 
+    # A status line redrawn in place on a terminal (stderr), a log line every 10 s otherwise.
+    status = _StatusLine()
+
     def progress(simulated_s: float, steps: int) -> None:
-        wall = time.monotonic() - started
-        log.info(
-            "running", simulated_s=round(simulated_s, 1), steps=steps, speed=speed_text(simulated_s, wall)
-        )
+        speed = speed_text(simulated_s, time.monotonic() - started)
+        of = f" of {max_s:g}" if args.max_s is not None else ""
+        if not status.show(f"running: {simulated_s:.0f}{of} s simulated, {steps} steps, {speed}"):
+            log.info("running", simulated_s=round(simulated_s, 1), steps=steps, speed=speed)
 
     def sweep_progress(done: int, total: int) -> None:
-        log.info("sweep", runs_done=done, of=total, wall_s=round(time.monotonic() - started, 1))
+        wall_s = round(time.monotonic() - started, 1)
+        if not status.show(f"sweep: {done} of {total} runs done, {wall_s} s"):
+            log.info("sweep", runs_done=done, of=total, wall_s=wall_s)
 
     def compute() -> list[dict[str, Any]]:
         if args.seeds:
@@ -428,7 +463,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         ]
 
     def body() -> int:
-        for r in compute():
+        try:
+            results = compute()
+        finally:
+            status.close()
+        for r in results:
             _write(
                 f"{r['scenario_name']} seed {r['seed']}: {r['simulated_s']:.1f} s simulated "
                 f"in {r['wall_s']:.1f} s "
