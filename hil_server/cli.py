@@ -11,13 +11,12 @@ import dataclasses
 import importlib
 import importlib.util
 import json
-import os
 import signal
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
@@ -25,11 +24,15 @@ import structlog
 import protocol as p
 
 from . import __version__
+from ._cli_util import StatusLine, read_secret
 from ._logging import configure_logging
 from ._loop import LOOP_CHOICES
 from ._loop import run as run_loop
 from .frame_text import describe
 from .protocol_demo import run_demo
+
+if TYPE_CHECKING:
+    from .server import HilServer
 
 log = structlog.get_logger(__name__)
 
@@ -41,22 +44,10 @@ def _write(text: str) -> None:
 DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "us06_25c.yaml"
 
 
-def _read_secret(args: argparse.Namespace) -> bytes | None:
-    if getattr(args, "secret_file", None):
-        return Path(args.secret_file).read_bytes().strip()
-    env = getattr(args, "secret_env", None)
-    if env:
-        value = os.environ.get(env)
-        if value is None:
-            raise ValueError(f"environment variable {env} is not set")
-        return value.encode()
-    return None
-
-
 async def _serve(args: argparse.Namespace, scenario: Path, demo_seconds: float | None = None) -> int:
     from .testing import start_server
 
-    secret = _read_secret(args)
+    secret = read_secret(args)
     server = await start_server(
         scenario,
         model_dir=_model_dir(args),
@@ -66,22 +57,35 @@ async def _serve(args: argparse.Namespace, scenario: Path, demo_seconds: float |
         speed=args.speed,
         secret=secret,
         max_clients=args.max_clients,
+        record=getattr(args, "record", None),
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    tasks: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
+    tasks: list[asyncio.Task[Any]] = []
     if demo_seconds is not None:
         # About four state lines per second of wall time, whatever the speed.
         divider = max(1, round(args.speed / server.engine.dt_s / 4)) if args.speed > 0 else 100
         tasks.append(asyncio.create_task(_demo_client(server.port, secret, demo_seconds, divider)))
-    _write(f"eis-hil serving {scenario.name} on {args.host}:{server.port} at {args.speed:g}x; Ctrl-C stops\n")
+    banner = (
+        f"eis-hil serving {scenario.name} on {args.host}:{server.port} at {args.speed:g}x; Ctrl-C stops\n"
+    )
+    return await serve_until_stopped(server, banner, tasks)
+
+
+async def serve_until_stopped(
+    server: HilServer, banner: str, tasks: list[asyncio.Task[Any]] | None = None
+) -> int:
+    """Run a started server until SIGINT/SIGTERM or until one of ``tasks`` ends; then BYE to every client,
+    recording flushed. A failing task (the demo client) is raised, so it cannot pass for a clean run."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(stop.wait()), *(tasks or [])]
+    _write(banner)
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for t in tasks:
         t.cancel()
     await server.stop()
-    for t in done:  # a failing demo client must not pass for a clean run
+    for t in done:
         if not t.cancelled() and t.exception() is not None:
             raise t.exception()  # type: ignore[misc]
     return 0
@@ -113,39 +117,10 @@ async def _demo_client(port: int, secret: bytes | None, seconds: float, divider:
         await client.close()
 
 
-class _StatusLine:
-    """One line of progress on stderr, redrawn in place when stderr is a terminal, at most 4 times a second.
-    ``show`` returns False when stderr is not a terminal (the caller logs instead, less often)."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
-        self.last_log = 0.0
-        self.width = 0
-
-    def show(self, text: str) -> bool:
-        now = time.monotonic()
-        if not self.tty:
-            if now - self.last_log < 10.0:
-                return True  # nothing to do this time
-            self.last_log = now
-            return False
-        if now - self.last >= 0.25:
-            self.last = now
-            sys.stderr.write("\r" + text.ljust(self.width))
-            sys.stderr.flush()
-            self.width = len(text)
-        return True
-
-    def close(self) -> None:
-        if self.tty and self.width:
-            sys.stderr.write("\r" + " " * self.width + "\r")
-            sys.stderr.flush()
-
-
 def _scenario_command(command: str, body: Callable[[], int]) -> int:
     """Run a command that loads a scenario and a model: a bad scenario prints every issue (file, line, key),
     a missing model or file is one log line; both exit 2."""
+    from .capture import CaptureError
     from .model.store import ModelLoadError
     from .scenario import ScenarioError
 
@@ -155,20 +130,20 @@ def _scenario_command(command: str, body: Callable[[], int]) -> int:
         for issue in exc.errors:
             _write(f"{issue}\n")
         return 2
-    except (ModelLoadError, ValueError, OSError) as exc:
+    except (ModelLoadError, CaptureError, ValueError, OSError) as exc:
         log.error(command, error=str(exc))
         return 2
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    return _scenario_command("serve", lambda: run_loop(_serve(args, Path(args.scenario)), args.loop))
+    return _scenario_command("serve", lambda: run_loop(_serve(args, Path(args.scenario)), args.event_loop))
 
 
 def cmd_client(args: argparse.Namespace) -> int:
     from .client import ClientError, HilClient
 
     async def go() -> int:
-        client = await HilClient.connect(args.host, args.port, name=args.name, secret=_read_secret(args))
+        client = await HilClient.connect(args.host, args.port, name=args.name, secret=read_secret(args))
         assert client.hello is not None
         _write(f"connected: scenario {client.hello.scenario_id}, {client.hello.cell_count} cells\n")
         await client.subscribe(cells=tuple(args.cells or ()), divider=args.divider)
@@ -197,7 +172,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.host, args.port, args.seed, args.max_clients = "127.0.0.1", 0, None, 8
     try:
         return _scenario_command(
-            "demo", lambda: run_loop(_serve(args, Path(args.scenario), demo_seconds=args.seconds), args.loop)
+            "demo",
+            lambda: run_loop(_serve(args, Path(args.scenario), demo_seconds=args.seconds), args.event_loop),
         )
     except KeyboardInterrupt:
         return 0
@@ -426,7 +402,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     max_s = args.max_s if args.max_s is not None else DEFAULT_MAX_S
 
     # A status line redrawn in place on a terminal (stderr), a log line every 10 s otherwise.
-    status = _StatusLine()
+    status = StatusLine()
 
     def progress(simulated_s: float, steps: int) -> None:
         speed = speed_text(simulated_s, time.monotonic() - started)
@@ -509,7 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def loop_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "--loop", choices=LOOP_CHOICES, default="auto", help="event loop (default: uvloop when installed)"
+            "--event-loop",
+            choices=LOOP_CHOICES,
+            default="auto",
+            help="asyncio event loop (default: uvloop when installed)",
         )
 
     demo = sub.add_parser("demo", help="server with the bundled model and a default scenario, and a client")
@@ -537,6 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-clients", type=int, default=64)
     serve.add_argument("--secret-file", help="require challenge-response auth with the secret in this file")
     serve.add_argument("--secret-env", help="... or in this environment variable")
+    serve.add_argument(
+        "--record",
+        metavar="FILE",
+        help="also record the whole stream (all cells, all kinds) to a capture file",
+    )
     loop_arg(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -624,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMAND_MODULES = ("mock_bms", "capture_cli", "serial_bridge")
+_COMMAND_MODULES = ("mock_bms", "capture_cli", "serial_bridge", "replay")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,7 @@ import protocol as p
 
 from .sim.engine import Engine
 from .sim.output import StreamFault
-from .sources import ControlRefusedError, EngineSource, Item, Source, Tick
+from .sources import BIT_EVENT, BIT_POINT, INSTANT, ControlRefusedError, EngineSource, Item, Source, Tick
 from .sources import Identity as ServerIdentity
 from .transport_faults import TransportFaults
 
@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     from .capture import CaptureWriter
 
 log = structlog.get_logger(__name__)
+
+BURST_S = 0.002
+"""At speed 0, how long the loop may tick back to back before it lets the sessions' writers run."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,11 +92,15 @@ class Session:
         self.challenge = p.new_challenge() if server.config.secret else bytes(p.AUTH_CHALLENGE_SIZE)
         self.mask = 0
         self.divider = 1
-        self.eis_mode = p.EisMode.SCENARIO_DEFAULT
+        self.eis_mode = 0
+        """EisMode the client asked for (0: the scenario's)."""
         self.transport = TransportFaults()
         self.cells: set[int] | None = None
-        self.telemetry: collections.deque[bytes] = collections.deque()
-        self.replies: collections.deque[bytes] = collections.deque()
+        self.queue: collections.deque[tuple[bytes, bool]] = collections.deque()
+        """Frames to send, in ``seq`` order (so a gap on the wire is a drop), each with whether it may be
+        dropped (telemetry) or not (replies, fault events)."""
+        self.droppable = 0
+        """How many queued frames are droppable."""
         self.wake = asyncio.Event()
         self.room = asyncio.Event()
         self.room.set()
@@ -110,7 +117,7 @@ class Session:
     # -- sending -----------------------------------------------------------------------------------
     def reply(self, message: p.Message) -> None:
         """A frame that is never dropped (handshake, ACK/NAK, ERROR, BYE, fault events)."""
-        self.replies.append(self.encoder.encode(message))
+        self.queue.append((self.encoder.encode(message), False))
         self.wake.set()
 
     def push_payload(
@@ -125,7 +132,7 @@ class Session:
         frame = p.frame_payload(msg_type, payload, self.encoder.next_seq, 0, self.encoder.version)
         self.encoder.next_seq = (self.encoder.next_seq + 1) & 0xFFFFFFFF
         if not droppable:
-            self.replies.append(frame)
+            self.queue.append((frame, False))
         elif faults or not self.transport.idle:
             self.queue_telemetry(self.transport.apply(frame, t_us, faults))
         else:
@@ -135,22 +142,32 @@ class Session:
     def queue_telemetry(self, frames: Sequence[bytes]) -> None:
         limit = self.server.config.queue_frames
         for frame in frames:
-            if len(self.telemetry) >= limit:
-                self.telemetry.popleft()
-                self.frames_dropped += 1
-            self.telemetry.append(frame)
-        if len(self.telemetry) > limit // 2:
+            if self.droppable >= limit:
+                self._drop_oldest()
+            self.queue.append((frame, True))
+            self.droppable += 1
+        if self.droppable > limit // 2:
             self.room.clear()
         self.wake.set()
+
+    def _drop_oldest(self) -> None:
+        q = self.queue
+        if q[0][1]:  # the usual case: the oldest frame is telemetry
+            q.popleft()
+        else:
+            i = next(i for i, (_, droppable) in enumerate(q) if droppable)
+            del q[i]
+        self.droppable -= 1
+        self.frames_dropped += 1
 
     async def writer_loop(self) -> None:
         cfg = self.server.config
         while True:
             await self.wake.wait()
             self.wake.clear()
-            chunks = list(self.replies) + list(self.telemetry)
-            self.replies.clear()
-            self.telemetry.clear()
+            chunks = [frame for frame, _ in self.queue]
+            self.queue.clear()
+            self.droppable = 0
             self.room.set()
             if chunks:
                 self.writer.write(b"".join(chunks))
@@ -164,7 +181,7 @@ class Session:
                     return
                 except (ConnectionError, OSError):
                     return
-            if self.closing and not self.replies and not self.telemetry:
+            if self.closing and not self.queue:
                 # Half-close after BYE: closing outright with the peer's heartbeats unread makes the kernel
                 # send RST, which can destroy the BYE in flight. The reader drains until the peer closes.
                 if self.writer.can_write_eof():
@@ -271,9 +288,9 @@ class Session:
         if msg.eis_mode not in tuple(p.EisMode):
             self.reply(p.Nak(seq, 0, p.ErrorCode.OUT_OF_RANGE, f"eis_mode {msg.eis_mode} is not 0, 1 or 2"))
             return
-        self.mask = msg.msg_mask
+        self.mask = int(msg.msg_mask)
         self.divider = max(1, msg.state_divider)
-        self.eis_mode = p.EisMode(msg.eis_mode)
+        self.eis_mode = int(msg.eis_mode)
         self.cells = set(cells) if cells else None
         self.state = State.STREAMING
         self.reply(p.Ack(seq, 0, len(cells) if cells else n))
@@ -298,14 +315,14 @@ class Session:
         self.log.info("control", command=_name(p.ControlCommand, msg.command), result=result)
         self.reply(p.Ack(seq, msg.command, result))
 
-    def wants(self, item: Item, default_mode: p.EisMode) -> bool:
+    def wants(self, item: Item, default_mode: int) -> bool:
         if not self.mask & item.bit or (
             item.cell is not None and self.cells is not None and item.cell not in self.cells
         ):
             return False
         mode = self.eis_mode or default_mode
-        if item.bit == p.SubscribeMask.EIS_POINT:
-            return mode != p.EisMode.INSTANT
+        if item.bit == BIT_POINT:
+            return mode != INSTANT
         if item.eis_mode and mode:  # a replayed capture has no default: every spectrum goes out
             return item.eis_mode == mode
         return True
@@ -415,14 +432,20 @@ class HilServer:
         log.info("stopped", reason=reason)
 
     # -- recording -----------------------------------------------------------------------------------
-    def _record(self, message: p.Message) -> None:
+    def _record(self, message: p.Message, payload: bytes | None = None) -> None:
         if self.recorder is None:
             return
         from .capture import DIR_TX, CaptureError
 
+        enc = self._rec_encoder
         try:
             t_us = round((self.now() - self._rec_t0) * 1e6)
-            self.recorder.write(self._rec_encoder.encode(message), direction=DIR_TX, t_us=t_us)
+            if payload is None:
+                frame = enc.encode(message)
+            else:
+                frame = p.frame_payload(message.MSG_TYPE, payload, enc.next_seq, 0, enc.version)
+                enc.next_seq = (enc.next_seq + 1) & 0xFFFFFFFF
+            self.recorder.write(frame, direction=DIR_TX, t_us=t_us)
         except CaptureError as exc:
             # The stream goes on without the recording; what was written stays readable.
             log.error("recording stopped", error=str(exc), records=self.recorder.records)
@@ -519,17 +542,39 @@ class HilServer:
                 self.lateness_us.append((self.now() - due) * 1e6)
             else:
                 await self._wait_for_slowest()
-            sessions = self._streaming()
-            wanted = functools.reduce(operator.or_, (s.mask for s in sessions), 0)
-            if self.recorder is not None:
-                wanted = p.SubscribeMask.ALL
-            tick = self.source.tick(wanted, time.time_ns() // 1000)
-            self._broadcast(tick, sessions)
-            if tick.finished:
-                self.sim_state = p.SimState.FINISHED
-                for s in sessions:  # held frames (delay/reorder faults) go out at the end of the stream
-                    s.queue_telemetry(s.transport.release(2**62, ()))
-                log.info("stream finished", t_s=self.source.time_us / 1e6)
+                self._burst()
+                continue
+            self._step_once()
+
+    def _step_once(self) -> list[Session]:
+        """One tick of the source, broadcast. Returns the sessions it went to."""
+        sessions = self._streaming()
+        wanted = functools.reduce(operator.or_, (s.mask for s in sessions), 0)
+        if self.recorder is not None:
+            wanted = p.SubscribeMask.ALL
+        tick = self.source.tick(wanted, time.time_ns() // 1000)
+        self._broadcast(tick, sessions)
+        if tick.finished:
+            self.sim_state = p.SimState.FINISHED
+            for s in sessions:  # held frames (delay/reorder faults) go out at the end of the stream
+                s.queue_telemetry(s.transport.release(2**62, ()))
+            log.info("stream finished", t_s=self.source.time_us / 1e6)
+        return sessions
+
+    def _burst(self) -> None:
+        """Speed 0: ticks back to back while every streaming client has room, for at most ``BURST_S`` of
+        CPU, so each writer sends many frames in one write (one ``send()`` costs about 6 µs; a tick per
+        event-loop turn would pay that, and a loop turn, per frame)."""
+        end = self.now() + BURST_S
+        while True:
+            sessions = self._step_once()
+            if (
+                self.sim_state is not p.SimState.RUNNING
+                or self.now() >= end
+                or not sessions
+                or not all(s.room.is_set() for s in sessions)
+            ):
+                return
 
     async def _wait_for_slowest(self) -> None:
         """Speed 0: step only when every streaming client has room (and at least one is streaming)."""
@@ -555,12 +600,14 @@ class HilServer:
         sessions = [s for s in sessions if not s.closing]
         if not sessions and self.recorder is None:
             return
-        default = self._default_mode
+        default = int(self._default_mode)
         for item in tick.items:
             msg = item.message
-            self._record(msg)
+            payload = item.payload  # else encoded once, for the first session that wants it
+            if self.recorder is not None:
+                payload = payload or p.encode_payload(msg)
+                self._record(msg, payload)
             state_step = msg.step if isinstance(msg, p.CellStates) else 0
-            payload: bytes | None = None  # encoded once, for the first session that wants it
             for s in sessions:
                 if state_step % s.divider or not s.wants(item, default):
                     continue
@@ -573,7 +620,7 @@ class HilServer:
                     continue
                 if payload is None:
                     payload = p.encode_payload(msg)
-                droppable = item.bit != p.SubscribeMask.FAULT_EVENT
+                droppable = item.bit != BIT_EVENT
                 s.push_payload(msg.MSG_TYPE, payload, droppable, faults, tick.time_us)
         for s in sessions:
             if not s.transport.idle:
@@ -611,7 +658,7 @@ class HilServer:
                     p50,
                     p99,
                     mx,
-                    min(len(s.telemetry), 0xFFFF),
+                    min(len(s.queue), 0xFFFF),
                     int(self.sim_state),
                 )
                 s.push_payload(p.MsgType.HEARTBEAT, p.encode_payload(hb))

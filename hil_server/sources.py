@@ -31,6 +31,15 @@ class ControlRefusedError(Exception):
         self.code = code
 
 
+# Plain ints: IntFlag arithmetic costs microseconds per frame and sessions test these for every frame.
+BIT_STATES = int(p.SubscribeMask.CELL_STATES)
+BIT_SPECTRUM = int(p.SubscribeMask.EIS_SPECTRUM)
+BIT_POINT = int(p.SubscribeMask.EIS_POINT)
+BIT_EVENT = int(p.SubscribeMask.FAULT_EVENT)
+INSTANT = int(p.EisMode.INSTANT)
+SWEEP = int(p.EisMode.SWEEP)
+
+
 class Item(NamedTuple):
     """One message to stream, with what a session filters it by."""
 
@@ -39,8 +48,10 @@ class Item(NamedTuple):
     message: p.Message
     cell: int | None
     """The cell of a spectrum or point; None for messages about several cells."""
-    eis_mode: int = p.EisMode.SCENARIO_DEFAULT
+    eis_mode: int = 0
     """For EIS_SPECTRUM: INSTANT or SWEEP (the completed sweep), matched against each client's choice."""
+    payload: bytes | None = None
+    """The message already encoded, when the source has it (a replay): saves encoding it again."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +111,7 @@ def step_messages(out: StepOutput, wall_us: int, wanted: int = p.SubscribeMask.A
     for start in range(0, n, MAX_CELLS_PER_FRAME):
         sl = slice(start, min(n, start + MAX_CELLS_PER_FRAME))
         yield Item(
-            p.SubscribeMask.CELL_STATES,
+            BIT_STATES,
             p.CellStates.from_columns(
                 out.time_us,
                 wall_us,
@@ -117,7 +128,7 @@ def step_messages(out: StepOutput, wall_us: int, wanted: int = p.SubscribeMask.A
         )
     for fe in out.fault_events if wanted & p.SubscribeMask.FAULT_EVENT else ():
         yield Item(
-            p.SubscribeMask.FAULT_EVENT,
+            BIT_EVENT,
             p.FaultEvent(
                 fe.time_us,
                 fe.fault_id,
@@ -136,7 +147,7 @@ def step_messages(out: StepOutput, wall_us: int, wanted: int = p.SubscribeMask.A
                     continue
                 z = pts.z_ohm[i, j]
                 yield Item(
-                    p.SubscribeMask.EIS_POINT,
+                    BIT_POINT,
                     p.EisPoint(
                         int(pts.time_us[j]),
                         int(pts.spectrum_ids[i]) & 0xFFFFFFFF,
@@ -156,7 +167,7 @@ def step_messages(out: StepOutput, wall_us: int, wanted: int = p.SubscribeMask.A
             keep = ~sp.dropped[i]
             z = sp.z_ohm[i][keep]
             yield Item(
-                p.SubscribeMask.EIS_SPECTRUM,
+                BIT_SPECTRUM,
                 p.EisSpectrum(
                     sp.time_us,
                     int(sp.spectrum_ids[i]) & 0xFFFFFFFF,
@@ -173,7 +184,7 @@ def step_messages(out: StepOutput, wall_us: int, wanted: int = p.SubscribeMask.A
                     z.imag,
                 ),
                 cell,
-                p.EisMode.SWEEP if sp.sweep_duration_us else p.EisMode.INSTANT,
+                SWEEP if sp.sweep_duration_us else INSTANT,
             )
 
 
@@ -269,6 +280,12 @@ class EngineSource:
 
 
 __all__: Sequence[str] = [
+    "BIT_EVENT",
+    "BIT_POINT",
+    "BIT_SPECTRUM",
+    "BIT_STATES",
+    "INSTANT",
+    "SWEEP",
     "ControlRefusedError",
     "EngineSource",
     "Identity",

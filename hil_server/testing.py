@@ -28,11 +28,28 @@ from .sim.run import build_engine
 
 
 async def start_server(
-    scenario: str | Path, *, model_dir: Path = BUNDLED_MODEL_DIR, seed: int | None = None, **config: Any
+    scenario: str | Path,
+    *,
+    model_dir: Path = BUNDLED_MODEL_DIR,
+    seed: int | None = None,
+    record: str | Path | None = None,
+    **config: Any,
 ) -> HilServer:
+    """A started server on ``scenario``; ``config``: ServerConfig fields (default: ephemeral port, speed 0).
+    ``record``: also write the whole stream to this capture file."""
     engine, sc, meta = build_engine(Path(scenario), model_dir, seed)
     cfg = dataclasses.replace(ServerConfig(port=0, speed=0.0), **config)
-    server = HilServer(engine, identity_for(Path(scenario), sc.name, meta.model_sha256, "eis-pinn"), cfg)
+    identity = identity_for(Path(scenario), sc.name, meta.model_sha256, "eis-pinn")
+    recorder = None
+    if record is not None:
+        from . import __version__
+        from .capture import CaptureWriter, hello_meta
+        from .sources import EngineSource
+
+        hello = EngineSource(engine, identity, __version__).hello()
+        info = hello_meta(hello, recorder="eis-hil serve --record", scenario_path=str(scenario))
+        recorder = CaptureWriter(record, info)
+    server = HilServer(engine, identity, cfg, recorder=recorder)
     await server.start()
     return server
 

@@ -92,7 +92,8 @@ async def first_state(
 
 @pytest.mark.asyncio
 async def test_controls_act_on_the_simulation() -> None:
-    async with loopback(FAULTS) as (server, client):
+    # Paced (20x): at speed 0 the simulation may already be past the seek target when the seek arrives.
+    async with loopback(FAULTS, speed=20.0) as (server, client):
         await client.subscribe(mask=p.SubscribeMask.CELL_STATES | p.SubscribeMask.FAULT_EVENT)
         await client.next_message(p.CellStates, timeout=5)
         ack = await client.control(p.Control.set_load_current(20_000))  # 20 mA discharge, all cells
@@ -287,7 +288,9 @@ async def test_every_control_command() -> None:
         await ack(p.Control(c.START))  # from STOPPED: again from t = 0
         assert server.sim_state.name == "RUNNING"
         previous = await client.next_message(p.CellStates, timeout=5)
-        for _ in range(3000):  # frames queued before the restart, then time jumps back to the start
+        # frames queued before the restart (at speed 0 the simulation runs ahead of a client that buffers
+        # everything it reads), then time jumps back to the start
+        for _ in range(1_000_000):
             states = await client.next_message(p.CellStates, timeout=5)
             if states.t_sim_us < previous.t_sim_us:
                 break
@@ -409,7 +412,7 @@ async def test_stream_faults_reach_the_wire(tmp_path: Path) -> None:
     dropped = np.diff(steps[(t > 1.0) & (t < 6.0)]) - 1
     assert 20 < dropped.sum() < 30  # half of the 50 steps in the window
     assert sum(e.kind is p.DecodeErrorKind.BAD_CRC for e in client.errors) > 10
-    assert 19.0 < t.max() < 20.5  # cut at the disconnect
+    assert 15.0 < t.max() <= 20.0  # cut at the disconnect (frames still queued then are lost with it)
     kinds = {e.kind for e in events}
     assert {p.FaultKind.DROP_FRAMES, p.FaultKind.CORRUPT_CRC} <= kinds  # ground truth never damaged
 
@@ -421,7 +424,8 @@ def test_logs_are_json_lines_with_log_json(capsys: pytest.CaptureFixture[str], t
 
     assert main(["--log-json", "serve", str(US06), "--model", str(tmp_path / "missing")]) == 2
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert lines and lines[-1]["level"] == "error"
+    assert lines
+    assert lines[-1]["level"] == "error"
     assert str(tmp_path / "missing") in lines[-1]["error"]
     assert {"event", "timestamp"} <= set(lines[-1])
 
