@@ -139,32 +139,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return _scenario_command("serve", lambda: run_loop(_serve(args, Path(args.scenario)), args.event_loop))
 
 
-def cmd_client(args: argparse.Namespace) -> int:
-    from .client import ClientError, HilClient
-
-    async def go() -> int:
-        client = await HilClient.connect(args.host, args.port, name=args.name, secret=read_secret(args))
-        assert client.hello is not None
-        _write(f"connected: scenario {client.hello.scenario_id}, {client.hello.cell_count} cells\n")
-        await client.subscribe(cells=tuple(args.cells or ()), divider=args.divider)
-        n = 0
-        try:
-            while args.count is None or n < args.count:
-                _write(describe(await client.next_frame()) + "\n")
-                n += 1
-        finally:
-            await client.close()
-        return 0
-
-    try:
-        return asyncio.run(go())
-    except (ClientError, OSError, TimeoutError) as exc:
-        log.error("client", error=str(exc))
-        return 2
-    except KeyboardInterrupt:
-        return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.protocol_only:
         result = run_demo(_write, seconds=int(args.seconds), cells=args.cells)
@@ -523,17 +497,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     loop_arg(serve)
     serve.set_defaults(func=cmd_serve)
-
-    cl = sub.add_parser("client", help="connect to a server and print what arrives")
-    cl.add_argument("host")
-    cl.add_argument("port", type=int)
-    cl.add_argument("--name", default="eis-hil-client")
-    cl.add_argument("--cells", type=int, nargs="*", help="cells to subscribe (default all)")
-    cl.add_argument("--divider", type=int, default=1, help="every n-th cell-state step")
-    cl.add_argument("--count", type=int, help="stop after this many frames")
-    cl.add_argument("--secret-file")
-    cl.add_argument("--secret-env")
-    cl.set_defaults(func=cmd_client)
 
     decode = sub.add_parser("decode", help="decode a byte capture (file or -) and list its frames and errors")
     decode.add_argument("file", help="capture file, or - for stdin")
