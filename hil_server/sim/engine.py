@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -120,6 +122,11 @@ class _Control:
     args: tuple[object, ...]
 
 
+CHECKPOINT_S = 60.0
+"""Simulated time between checkpoints of the engine state (for seeking back), at first."""
+MAX_CHECKPOINTS = 64
+
+
 class Engine:
     """Runs one scenario deterministically: ``step()`` advances the simulation by ``1 / step_rate_hz``.
 
@@ -162,7 +169,12 @@ class Engine:
         spectrum and a sweep (spectrum ids count both)."""
         self._controls: list[_Control] = []
         self._replaying = False
+        before = set(self.__dict__)
         self._reset()
+        self._state_keys = tuple(k for k in self.__dict__ if k not in before and k != "_timeline")
+        """Everything ``_reset`` sets: the state a checkpoint saves (the timeline as a position)."""
+        self._checkpoints: list[tuple[int, dict[str, object]]] = []
+        self._checkpoint_every = max(1, round(CHECKPOINT_S * scenario.step_rate_hz))
 
     # ----------------------------------------------------------------------------------------- state
     def _reset(self) -> None:
@@ -187,6 +199,7 @@ class Engine:
         self._ambient_override: float | None = None
         self._fade_per_h = 0.0
         self._timeline = _flatten(sc.timeline)
+        self._timeline_pos = 0
         self._active: _ActiveSegment | None = None
         self._leaf_count = 0
         self._timeline_done = False
@@ -345,17 +358,19 @@ class Engine:
         return n
 
     def seek(self, time_s: float) -> None:
-        """Moves to ``time_s`` (rounded to a step): backwards re-runs from t = 0 replaying the recorded
-        controls issued before the target (later ones are forgotten); forwards simply runs on."""
+        """Moves to ``time_s`` (rounded to a step): backwards restarts from the last checkpoint at or before
+        the target (t = 0 if none) and replays the recorded controls issued before the target (later ones
+        are forgotten); forwards simply runs on. The result is the same as running straight there."""
         target = max(0, round(time_s * self.scenario.step_rate_hz))
         if target < self._k:
-            controls = [c for c in self._controls if c.step < target]
-            self._controls = controls
-            self._reset()
+            self._controls = [c for c in self._controls if c.step < target]
+            self._checkpoints = [cp for cp in self._checkpoints if cp[0] <= target]
+            start = self._restore_checkpoint()
             self._replaying = True
             try:
                 while self._k < target:
-                    self._apply_recorded()
+                    if self._k != start:  # the checkpoint holds the controls of its own step
+                        self._apply_recorded()
                     self._advance()
             finally:
                 self._replaying = False
@@ -364,6 +379,27 @@ class Engine:
                 self._advance()
         self._events.clear()
         self._seg_events.clear()
+
+    def _checkpoint(self) -> None:
+        """Saves the state at the start of a step (after that step's controls), at most ``MAX_CHECKPOINTS``:
+        when full, every other one goes and the interval doubles, so they always span the whole run."""
+        state = {k: self.__dict__[k] for k in self._state_keys}
+        self._checkpoints.append((self._k, copy.deepcopy(state, {id(self.scenario): self.scenario})))
+        if len(self._checkpoints) > MAX_CHECKPOINTS:
+            self._checkpoints = self._checkpoints[::2]
+            self._checkpoint_every *= 2
+
+    def _restore_checkpoint(self) -> int:
+        """The state of the last checkpoint (or of t = 0); returns its step."""
+        if not self._checkpoints:
+            self._reset()
+            return -1
+        step, state = self._checkpoints[-1]
+        self.__dict__.update(copy.deepcopy(state, {id(self.scenario): self.scenario}))
+        self._timeline = _flatten(self.scenario.timeline)
+        for _ in itertools.islice(self._timeline, self._timeline_pos):
+            pass
+        return step
 
     def _apply_recorded(self) -> None:
         for c in self._controls:
@@ -380,6 +416,9 @@ class Engine:
             yield self.step()
 
     def _advance(self) -> StepOutput:
+        k = self._k
+        if k and k % self._checkpoint_every == 0 and (not self._checkpoints or self._checkpoints[-1][0] < k):
+            self._checkpoint()
         t0 = self.time_s
         self._advance_timeline(t0)
         self._update_faults(t0)
@@ -447,6 +486,7 @@ class Engine:
     def _advance_timeline(self, now_s: float) -> None:
         while self._active is None and not self._timeline_done:
             item = next(self._timeline, None)
+            self._timeline_pos += 1
             if item is None:
                 self._timeline_done = True
                 log.debug("timeline finished", t_s=now_s)
