@@ -204,7 +204,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .model.train import TrainConfig, train
 
     try:
-        spectra = load_all(args.data) if args.data else load_all()
+        spectra = load_all(args.data, simulated=args.simulated)
         for extra in args.extra:
             spectra = spectra + read_generic_csv(extra)
     except (DataNotFoundError, EisDataError) as exc:
@@ -235,7 +235,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         log.error("cannot load model", error=str(exc))
         return 2
-    spectra = (load_all(args.data) if args.data else load_all()).clean()
+    # every source whose profile the model knows (the simulated one only if it was trained on it)
+    spectra = load_all(args.data, simulated=True).clean().filter(lambda s: s.profile in meta.profiles)
     result = evaluate(model, meta, spectra, mlp_epochs=args.mlp_epochs)
     _write(format_table(result) + "\n")
     if args.json:
@@ -510,6 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--data", help="data directory (default: $EIS_HIL_DATA or ../shared/data)")
     train.add_argument("--extra", nargs="*", default=[], help="extra spectra in the generic CSV format")
+    train.add_argument(
+        "--simulated",
+        action="store_true",
+        help="add the PyBaMM-simulated LG M50 source (profile lgm50_pybamm)",
+    )
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="accuracy on validation cells and validity, PINN vs plain MLP")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -15,25 +16,36 @@ from hil_server.eis_data import (
     FLAG_DUPLICATE,
     FLAG_NO_CAPACITY,
     FLAG_SOC20_LIKE_SOC5,
+    SIMULATED_CELL,
+    SIMULATED_SOURCE,
+    SOURCE_INFO,
+    TRAINING_SET_PATH,
     DataNotFoundError,
     EisDataError,
     RashidDefect,
     Spectrum,
     SpectrumSet,
     ZhangReadReport,
+    _aggregate,
     collect,
     content_hash,
     data_root,
     format_report,
+    load_all,
     load_npz,
+    load_training_set,
+    measured_data_available,
+    provenance_path,
     read_capacity,
     read_generic_csv,
+    read_pybamm_chen2020,
     read_rashid2023,
     read_zhang2020,
     save_npz,
     split_by_cell,
     verify_zhang_pairing,
     write_generic_csv,
+    write_training_set,
 )
 
 
@@ -393,3 +405,105 @@ def test_report_mentions_exclusions(root: Path) -> None:
     assert "rashid2023 / profile rashid2023: 19 cells, 260 spectra" in text
     assert "soc20_like_soc5: 15" in text
     assert "VERIFIED" in text
+
+
+# --- shipped training set and fallback -------------------------------------------------------------------
+
+
+def test_npz_file_bytes_are_reproducible(tmp_path: Path) -> None:
+    s = Spectrum(
+        "generic", "generic/x", "generic", 0.5, 25.0, 0.9, np.array([10.0, 1.0]), np.array([1 + 0j, 1 - 1j])
+    )
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert save_npz(SpectrumSet((s,)), a) == save_npz(SpectrumSet((s,)), b)
+    assert a.read_bytes() == b.read_bytes()
+    with np.load(a, allow_pickle=False) as data:  # still a plain numpy archive
+        assert data["z_im"].tolist() == [0.0, -1.0]
+
+
+@pytest.fixture(scope="module")
+def shipped() -> SpectrumSet:
+    return load_training_set()
+
+
+def test_shipped_training_set_and_provenance(shipped: SpectrumSet) -> None:
+    record = json.loads(provenance_path(TRAINING_SET_PATH).read_text(encoding="utf-8"))
+    assert TRAINING_SET_PATH.stat().st_size == record["file_bytes"] < 5e6
+    assert record["content_sha256"] == content_hash(shipped)
+    assert record["spectra"] == len(shipped)
+    assert all(s.ok for s in shipped)
+    counted = {(g["source"], g["profile"]): (g["spectra"], g["cells"]) for g in record["groups"]}
+    actual = {
+        (src, prof): (len(g := shipped.filter(source=src, profile=prof)), len(g.cells()))
+        for src in shipped.sources()
+        for prof in shipped.filter(source=src).profiles()
+    }
+    assert counted == actual
+    assert set(record["sources"]) == {"zhang2020", "rashid2023", SIMULATED_SOURCE} == set(shipped.sources())
+    data_md = (Path(TRAINING_SET_PATH).parent / "DATA.md").read_text(encoding="utf-8")
+    for name, info in record["sources"].items():
+        assert info == SOURCE_INFO[name]
+        for doi in re.findall(r"doi:(\S+?)[),]?(?:\s|$)", info["citation"]):
+            assert doi in data_md, f"{name}: {doi} cited in the provenance but not in DATA.md"
+    assert record["sources"]["zhang2020"]["licence"].startswith("not verified")
+
+
+def test_shipped_measured_part_is_what_the_readers_give(root: Path, shipped: SpectrumSet) -> None:
+    measured = shipped.filter(lambda s: s.source != SIMULATED_SOURCE)
+    assert content_hash(measured) == content_hash(load_all(root))
+    assert content_hash(shipped.filter(source=SIMULATED_SOURCE)) == content_hash(read_pybamm_chen2020())
+
+
+def test_shipped_set_keeps_the_bundled_split(shipped: SpectrumSet) -> None:
+    """Training from the shipped set (simulated source included) holds out the same whole cells as the
+    bundled model; the one simulated 'cell' stays in training."""
+    bundled = Path(TRAINING_SET_PATH).parents[1] / "model" / "bundled" / "metadata.json"
+    meta = json.loads(bundled.read_text(encoding="utf-8"))
+    train, val = split_by_cell(shipped, meta["config"]["val_fraction"], meta["config"]["seed"])
+    assert val.cells() == meta["validation_cells"]
+    assert not set(train.cells()) & set(val.cells())
+    assert SIMULATED_CELL in train.cells()
+    measured = shipped.filter(lambda s: s.source != SIMULATED_SOURCE)
+    assert content_hash(measured) == meta["training_data_sha256"]
+
+
+def test_load_all_falls_back_to_the_shipped_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shipped: SpectrumSet
+) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(_aggregate, "DEFAULT_DATA_ROOT", tmp_path / "no-shared-data")
+    assert not measured_data_available()
+    with capture_logs() as logs:
+        measured = load_all()
+    assert any("shipped training set" in entry["event"] for entry in logs)
+    assert measured.sources() == ["rashid2023", "zhang2020"]
+    assert content_hash(measured) == content_hash(shipped.filter(lambda s: s.source != SIMULATED_SOURCE))
+    everything = load_all(simulated=True)
+    assert content_hash(everything) == content_hash(shipped)
+    # A directory that was asked for explicitly never falls back silently.
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "asked-for"))
+    assert measured_data_available()
+    with pytest.raises(DataNotFoundError, match="asked-for"):
+        load_all()
+    with pytest.raises(DataNotFoundError, match="elsewhere"):
+        load_all(tmp_path / "elsewhere")
+
+
+def test_training_set_checked_against_its_provenance(tmp_path: Path) -> None:
+    f = np.array([10.0, 1.0])
+    spectra = SpectrumSet.of(
+        Spectrum("generic", f"generic/{i}", "generic", 0.5, 25.0, 0.9, f, np.array([1 + 0j, 1 - 1j * i]))
+        for i in range(1, 4)
+    )
+    path = tmp_path / "set.npz"
+    record = write_training_set(spectra, path, generator="test")
+    assert record["sources"]["generic"]["kind"] == "generic CSV"
+    assert content_hash(load_training_set(path)) == record["content_sha256"]
+    save_npz(spectra[:2], path)  # the file changes, its provenance does not
+    with pytest.raises(EisDataError, match=r"set\.npz.*set\.provenance\.json"):
+        load_training_set(path)
+    provenance_path(path).unlink()
+    with pytest.raises(DataNotFoundError, match="provenance"):
+        load_training_set(path)
+    with pytest.raises(DataNotFoundError, match="ingest_eis"):
+        load_training_set(tmp_path / "missing.npz")

@@ -9,10 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import structlog
 
 from ._generic import read_generic_csv
+from ._paths import DEFAULT_DATA_ROOT, ENV_VAR
 from ._rashid import RashidDefect, read_rashid2023
 from ._schema import FLAG_DESCRIPTIONS, SpectrumSet
+from ._shipped import TRAINING_SET_PATH, load_training_set
+from ._simulated import SIMULATED_SOURCE, read_pybamm_chen2020
 from ._zhang import (
     ALL_STATES,
     LABELLED_STATES,
@@ -21,6 +25,8 @@ from ._zhang import (
     read_zhang2020,
     verify_zhang_pairing,
 )
+
+_log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,17 +39,44 @@ class Collection:
     pairing: PairingCheck | None
 
 
+def measured_data_available(root: str | os.PathLike[str] | None = None) -> bool:
+    """False only when nothing names a data directory (no parameter, no $EIS_HIL_DATA) and the default
+    <repo>/../shared/data does not exist: the one case where the shipped training set stands in."""
+    return root is not None or bool(os.environ.get(ENV_VAR)) or DEFAULT_DATA_ROOT.is_dir()
+
+
 def load_all(
     root: str | os.PathLike[str] | None = None,
     extra_csvs: Iterable[str | os.PathLike[str]] = (),
     *,
     include_flagged: bool = False,
+    simulated: bool = False,
 ) -> SpectrumSet:
-    """zhang2020 (labelled states), rashid2023 and generic CSV files; flagged spectra left out by default."""
-    root_arg = None if root is None else Path(root)
-    spectra = read_zhang2020(root_arg, include_flagged=include_flagged) + read_rashid2023(
-        root_arg, include_flagged=include_flagged
-    )
+    """zhang2020 (labelled states), rashid2023, with ``simulated`` the PyBaMM source, and generic CSV files;
+    flagged spectra left out by default.
+
+    Without a data directory (see `measured_data_available`) the measured spectra come from the shipped
+    training set instead (the same clean spectra, in the same order, so the same content hash); it holds no
+    flagged spectra, so ``include_flagged`` cannot add any then.
+    """
+    if not measured_data_available(root):
+        _log.warning(
+            "measured data directory absent, using the shipped training set",
+            tried=str(DEFAULT_DATA_ROOT),
+            training_set=str(TRAINING_SET_PATH),
+        )
+        if include_flagged:
+            _log.warning("the shipped training set holds no flagged spectra; include_flagged adds none")
+        spectra = load_training_set()
+        if not simulated:
+            spectra = spectra.filter(lambda s: s.source != SIMULATED_SOURCE)
+    else:
+        root_arg = None if root is None else Path(root)
+        spectra = read_zhang2020(root_arg, include_flagged=include_flagged) + read_rashid2023(
+            root_arg, include_flagged=include_flagged
+        )
+        if simulated:
+            spectra = spectra + read_pybamm_chen2020()
     for path in extra_csvs:
         spectra = spectra + read_generic_csv(path)
     return spectra
@@ -55,14 +88,18 @@ def collect(
     *,
     all_zhang_states: bool = True,
     check_pairing: bool = True,
+    simulated: bool = False,
 ) -> Collection:
-    """Like load_all with include_flagged, keeping the readers' findings for the report."""
+    """Like load_all with include_flagged, keeping the readers' findings for the report. Needs the measured
+    data directory (the report is about the raw sources)."""
     root_arg = None if root is None else Path(root)
     zhang_reports: list[ZhangReadReport] = []
     defects: list[RashidDefect] = []
     states = ALL_STATES if all_zhang_states else tuple(LABELLED_STATES)
     spectra = read_zhang2020(root_arg, states=states, include_flagged=True, report=zhang_reports)
     spectra = spectra + read_rashid2023(root_arg, include_flagged=True, defects=defects)
+    if simulated:
+        spectra = spectra + read_pybamm_chen2020()
     for path in extra_csvs:
         spectra = spectra + read_generic_csv(path)
     pairing = verify_zhang_pairing(root_arg) if check_pairing else None

@@ -4,14 +4,18 @@ Layout (no pickled objects, so `allow_pickle=False` loads it): per-spectrum labe
 the ragged frequency/impedance data concatenated with an `offsets` array (spectrum i is
 points[offsets[i]:offsets[i + 1]]). The hash is sha256 over the canonical arrays in a fixed order, each with
 its dtype and shape, so it identifies the data independently of compression or file name.
+
+The file itself is byte-for-byte reproducible (fixed zip timestamps and member order), so the sha256 of the
+file is stable too and a provenance file can cite it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,6 +36,7 @@ _ARRAY_ORDER = (
     *_STRING_FIELDS,
 )
 _NO_CYCLE = -1
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 def _to_arrays(spectra: SpectrumSet) -> dict[str, NDArray[np.generic]]:
@@ -86,17 +91,26 @@ def content_hash(spectra: SpectrumSet) -> str:
 
 
 def save_npz(spectra: SpectrumSet, path: str | os.PathLike[str]) -> str:
-    """Write a compressed .npz and return its content hash (also stored in the file as `sha256`)."""
+    """Write a compressed .npz and return its content hash (also stored in the file as `sha256`).
+
+    Same layout as ``numpy.savez_compressed`` (``numpy.load`` reads it), but with a fixed timestamp on every
+    member, so the same spectra always give the same bytes.
+    """
     arrays = _to_arrays(spectra)
     digest = _hash(arrays)
-    with Path(path).open("wb") as fh:
-        # Any-typed so the array names cannot be mistaken for savez keyword arguments by the type checker.
-        payload: dict[str, Any] = {
-            **arrays,
-            "sha256": np.array(digest),
-            "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
-        }
-        np.savez_compressed(fh, **payload)
+    payload: dict[str, NDArray[np.generic]] = {
+        **arrays,
+        "sha256": np.array(digest),
+        "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
+    }
+    with zipfile.ZipFile(Path(path), "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for name, arr in payload.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asanyarray(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buffer.getvalue(), compresslevel=9)
     return digest
 
 
