@@ -175,9 +175,7 @@ class Session:
                 try:
                     await asyncio.wait_for(self.writer.drain(), cfg.stuck_s)
                 except TimeoutError:
-                    self.log.warning("client stuck, disconnecting", stuck_s=cfg.stuck_s)
-                    self.closing = True
-                    self.writer.transport.abort()
+                    await self._stuck(cfg.stuck_s)
                     return
                 except (ConnectionError, OSError):
                     return
@@ -187,6 +185,26 @@ class Session:
                 if self.writer.can_write_eof():
                     self.writer.write_eof()
                 return
+
+    async def _stuck(self, stuck_s: float) -> None:
+        """Disconnect a client whose socket accepted nothing for ``stuck_s``: what is still queued is dropped,
+        BYE SLOW_CONSUMER goes right behind the bytes already buffered, and the peer gets another ``stuck_s``
+        to read up to it before the connection is cut (SPEC.md section 8)."""
+        self.log.warning("client stuck, disconnecting", stuck_s=stuck_s)
+        self.closing = True
+        self.frames_dropped += self.droppable
+        self.queue.clear()
+        self.droppable = 0
+        message = f"socket accepted nothing for {stuck_s:g} s"
+        self.writer.write(self.encoder.encode(p.Bye(p.ErrorCode.SLOW_CONSUMER, message)))
+        self.frames_sent += 1
+        try:
+            await asyncio.wait_for(self.writer.drain(), stuck_s)
+        except (TimeoutError, ConnectionError, OSError):
+            self.writer.transport.abort()
+            return
+        if self.writer.can_write_eof():
+            self.writer.write_eof()  # like any BYE: half-close, the reader drains until the peer closes
 
     def bye(self, code: p.ErrorCode, message: str) -> None:
         self.reply(p.Bye(code, message))
@@ -712,6 +730,10 @@ class HilServer:
             self._reanchor()
             self.streaming_changed.set()
             return 0
+        try:
+            c(cmd)
+        except ValueError:
+            raise ControlRefusedError(p.ErrorCode.UNKNOWN_COMMAND, f"unknown command {cmd}") from None
         return self.source.control(msg, self._cells(msg.cell))
 
     def _run(self) -> None:
