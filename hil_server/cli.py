@@ -357,15 +357,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_export_tflite(args: argparse.Namespace) -> int:
-    from .model.export import export_tflite
+    from .model.export import export_tflite, format_report
     from .model.store import ModelLoadError
 
     try:
         report = export_tflite(_model_dir(args), Path(args.out), args.quantize)
-    except ModelLoadError as exc:
+    except (ModelLoadError, ValueError) as exc:
         log.error("cannot export", error=str(exc))
         return 2
-    _write(json.dumps(report, indent=1) + "\n")
+    _write(json.dumps(report, indent=1) + "\n" if args.json else format_report(report))
     return 0
 
 
@@ -551,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_arg(exp)
     exp.add_argument("--out", required=True, help="output .tflite file")
     exp.add_argument("--quantize", choices=["float32", "int8"], default="float32")
+    exp.add_argument("--json", action="store_true", help="print the full report as JSON")
     exp.set_defaults(func=cmd_export_tflite)
 
     run = sub.add_parser("run", help="run a scenario as fast as possible into files (no network)")

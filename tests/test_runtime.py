@@ -126,6 +126,11 @@ def test_bad_inputs_are_refused(trained_model: Path, cache_dir: Path) -> None:
         rt.impedance(0, [0.5, 25, 1], freq, np.zeros(rt.latent_dim + 1))
     with pytest.raises(ValueError, match="not both"):
         rt.impedance(0, [0.5, 25, 1], freq, np.zeros(rt.latent_dim), cell=1)
+    for bad in ([0.5, -273.15, 1], [float("nan"), 25, 1], [0.5, float("inf"), 1]):
+        with pytest.raises(ValueError, match="op must be finite"):
+            rt.impedance(0, bad, freq)
+        with pytest.raises(ValueError, match="op must be finite"):
+            rt.params([0, 0], [bad, [0.5, 25, 1]])
 
 
 def test_server_process_does_not_import_tensorflow(trained_model: Path, cache_dir: Path) -> None:
@@ -263,3 +268,141 @@ def test_bundled_model_parity(cache_dir: Path) -> None:
     z_keras, _ = _keras(model, profile, cell, op, freq)
     rel = _rel(rt.impedance(profile, op, freq, cell=cell), z_keras)
     assert rel < TOLERANCE, f"bundled model: max relative difference vs Keras {rel:.2e}"
+
+
+# ---- the single-point path, the batch circuit and their helpers -------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_single_points_match_keras(
+    trained_model: Path, keras_model: Any, cache_dir: Path, dtype: type[np.floating[Any]]
+) -> None:
+    """The server's call (scalar profile and cell, one op row) takes its own path: check it point by point."""
+    rt = NumpyPinn.load(trained_model, cache_dir=cache_dir, dtype=dtype)
+    rng = np.random.default_rng(11)
+    profile, cell, op, freq = _random_inputs(rng, 48, len(rt.profiles), len(rt.cells))
+    z_keras, p_keras = _keras(keras_model, profile, cell, op, freq)
+    z = np.concatenate(
+        [rt.impedance(int(p), o, freq, cell=int(c)) for p, o, c in zip(profile, op, cell, strict=True)]
+    )
+    params = np.concatenate(
+        [rt.params(int(p), o, cell=int(c)) for p, o, c in zip(profile, op, cell, strict=True)]
+    )
+    assert z.dtype == rt.complex_dtype
+    assert params.dtype == rt.dtype
+    assert _rel(z, z_keras) < TOLERANCE
+    assert _rel(params, p_keras) < TOLERANCE
+    # and the same points as a batch agree with them to float32 rounding
+    batch = rt.impedance(profile, op, freq, cell=cell)
+    assert _rel(z, batch) < 2e-6
+
+
+def _random_log_params(rng: np.random.Generator, n: int) -> npt.NDArray[np.float64]:
+    """Log-parameters over the whole clipped range (exponents in the A1, A2, PHI_W columns), with a third of
+    the Warburg time constants tiny enough for |s| < SMALL_S at low frequency."""
+    from hil_server.model.circuit import P
+    from hil_server.model.runtime import LOG_MAX, LOG_MIN
+
+    lp = rng.uniform(LOG_MIN, LOG_MAX, (n, 12))
+    lp[:, [P.R0, P.R_L, P.R1, P.R2, P.R_W]] = rng.uniform(-8, 3, (n, 5))
+    lp[: n // 3, P.TAU_W] = rng.uniform(LOG_MIN, -15, n // 3)
+    lp[:, P.A1] = rng.uniform(0.5, 1.0, n)
+    lp[:, P.A2] = rng.uniform(0.5, 1.0, n)
+    lp[:, P.PHI_W] = rng.uniform(0.3, 0.5, n)
+    return lp
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_circuit_paths_match_the_reference_circuit(
+    trained_model: Path, cache_dir: Path, dtype: type[np.floating[Any]]
+) -> None:
+    """Both circuit paths against circuit.py (float64, complex) on random parameters over the whole range,
+    the Warburg's small-|s| series included, one block and several."""
+    from hil_server.model import circuit, runtime
+    from hil_server.model.circuit import SMALL_S, P
+
+    rt = NumpyPinn.load(trained_model, cache_dir=cache_dir, dtype=dtype)
+    rng = np.random.default_rng(5)
+    n = runtime.BLOCK_POINTS // 60 + 40  # two blocks at 60 frequencies
+    lp = _random_log_params(rng, n)
+    freq = np.logspace(-3, 5, 60)
+    grid = rt._grid(freq)
+    params = np.exp(lp)
+    params[:, P.A1 :: 3] = lp[:, P.A1 :: 3]
+    w = np.exp(grid.logw)  # the frequencies as the runtime sees them (float32-rounded for a float32 runtime)
+    reference = circuit.impedance(params, np.broadcast_to(w / (2 * np.pi), (n, len(freq))))
+    s_w = np.exp(lp[:, P.PHI_W, None] * (grid.logw + lp[:, P.TAU_W, None]))
+    assert (s_w < SMALL_S).any(), "the test must reach the Warburg series"
+    # float32: the general Warburg formula loses ~2 digits just above SMALL_S (1 - e ~ 2s), as Keras's does;
+    # circuit.py itself is off by up to ~1e-7 at a few points (checked against mpmath while writing this)
+    tol = 2e-5 if dtype == np.float32 else 1e-6
+    batch = rt._batch_circuit(lp, grid)
+    assert batch.dtype == rt.complex_dtype
+    assert _rel(batch, reference) < tol
+    single = np.concatenate([rt._point_circuit(row.tolist(), grid) for row in lp[:64]])
+    assert _rel(single, reference[:64]) < 1e-6
+    # the two float64 computations agree far more closely with each other than with the reference
+    if dtype == np.float64:
+        assert _rel(single, batch[:64]) < 1e-11
+
+
+def test_matmul_never_exceeds_the_serial_blas_size() -> None:
+    from hil_server.model.runtime import BLAS_SERIAL_MNK, _matmul
+
+    rng = np.random.default_rng(0)
+    for n, k, m in [(1, 3, 64), (63, 64, 64), (64, 64, 64), (65, 64, 64), (1000, 64, 12), (4097, 3, 64)]:
+        x = rng.normal(size=(n, k)).astype(np.float32)
+        w = rng.normal(size=(k, m)).astype(np.float32)
+        got = _matmul(x, w)
+        assert got.shape == (n, m)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, x @ w, rtol=1e-5, atol=1e-5)
+    assert BLAS_SERIAL_MNK // (64 * 64) == 64  # the hidden layer runs in 64-row blocks
+
+
+def test_frequency_grids_are_cached_by_value(trained_model: Path, cache_dir: Path) -> None:
+    from hil_server.model import runtime
+
+    rt = NumpyPinn.load(trained_model, cache_dir=cache_dir)
+    fresh = NumpyPinn.load(trained_model, cache_dir=cache_dir)
+    op = [0.4, 10.0, 0.9]
+    freq = np.logspace(-2, 4, 30)
+    first = rt.impedance(0, op, freq)
+    freq *= 2  # the same array object, other values: must not hit the old entry
+    assert np.array_equal(rt.impedance(0, op, freq), fresh.impedance(0, op, freq))
+    assert not np.allclose(rt.impedance(0, op, freq), first)
+    for i in range(runtime.GRID_CACHE_SIZE + 3):
+        rt.impedance([0, 0], [op, op], np.logspace(-2, 4, 10 + i))
+    assert len(rt._grids) == runtime.GRID_CACHE_SIZE
+
+
+@pytest.mark.parametrize(
+    ("freq", "match"),
+    [
+        ([1.0, 0.0, 10.0], "positive"),
+        ([1.0, -5.0], "positive"),
+        ([1.0, float("nan")], "positive"),
+        ([[1.0, 10.0]], "one shared frequency vector"),
+        ([], "one shared frequency vector"),
+    ],
+)
+def test_bad_frequencies_are_refused(trained_model: Path, cache_dir: Path, freq: Any, match: str) -> None:
+    rt = NumpyPinn.load(trained_model, cache_dir=cache_dir)
+    with pytest.raises(ValueError, match=match):
+        rt.impedance(0, [0.5, 25, 1], freq)
+    with pytest.raises(ValueError, match=match):
+        rt.impedance([0, 1], [[0.5, 25, 1], [0.5, 25, 1]], freq)
+
+
+def test_latent_batch_shapes(trained_model: Path, cache_dir: Path) -> None:
+    """A shared latent vector or one per point; a latent table of the wrong length is refused."""
+    rt = NumpyPinn.load(trained_model, cache_dir=cache_dir)
+    freq = np.logspace(-1, 3, 8)
+    ops = [[0.5, 25.0, 0.9], [0.3, 5.0, 0.8]]
+    lat = np.full(rt.latent_dim, 0.1)
+    shared = rt.impedance([0, 0], ops, freq, lat)
+    each = rt.impedance([0, 0], ops, freq, np.stack([lat, lat]))
+    assert np.allclose(shared, each)
+    assert np.allclose(rt.impedance(0, ops[0], freq, lat), shared[:1], rtol=2e-6)
+    with pytest.raises(ValueError, match="latent must be"):
+        rt.impedance([0, 0], ops, freq, np.stack([lat, lat, lat]))
