@@ -541,3 +541,16 @@ def test_seek_back_restarts_from_a_checkpoint_and_matches_a_straight_run(
     again = outputs(eng, until_s)
     assert again.keys() == ref.keys()
     assert all(again[t] == ref[t] for t in ref)
+
+
+def test_ended_faults_are_dropped_after_their_end_event(tmp_path: Path) -> None:
+    """A bench that injects faults for days must not make every step slower: ended faults leave the engine
+    once their END event has gone out."""
+    eng = Engine(scenario(tmp_path, BIG + "timeline:\n  - rest: {duration_s: 1000}\n"), FixedCircuitSource())
+    ends = 0
+    for i in range(200):
+        eng.inject_fault(FaultKind.NOISE, [0], 1.0, 0.5, {"signal": "voltage"})
+        for out in eng.run(eng.time_s + 1.0):
+            ends += sum(e.phase == FaultPhase.END for e in out.fault_events)
+    assert ends == 200
+    assert len(eng._faults) <= 1

@@ -748,6 +748,10 @@ class Engine:
                 f.active = False
                 f.done = True
                 self._emit(f, FaultPhase.END)
+        if any(f.done for f in self._faults):
+            # Ended faults have no further effect; dropping them keeps every per-step loop over the faults
+            # short (a bench injecting faults for days would otherwise slow each step without bound).
+            self._faults = [f for f in self._faults if not f.done]
         self._cache = None if self._physics_dirty() else self._cache
 
     def _fault_started(self, f: FaultState) -> None:
