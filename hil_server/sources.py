@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 import protocol as p
 
@@ -103,29 +104,36 @@ def _clip_int(values: Any, lo: int, hi: int) -> Any:
     return np.clip(np.rint(arr), lo, hi).astype(np.int64)
 
 
+_STATE_COLUMNS = ("voltage_uV", "current_uA", "temperature_mdegC", "soc_ppm", "soh_ppm")
+_STATE_SCALE = np.array([[1e6], [1e6], [1e3], [1e6], [1e6]])
+_STATE_LO = np.array([[INT32[0]], [INT32[0]], [INT32[0]], [0], [0]], dtype=np.float64)
+_STATE_HI = np.array([[INT32[1]], [INT32[1]], [INT32[1]], [1_000_000], [1_000_000]], dtype=np.float64)
+
+
+def _state_records(out: StepOutput) -> npt.NDArray[np.void]:
+    """CELL_STATE records of every cell, scaled to wire units and clipped to each field's range in one pass
+    (NaN as 0, infinities to the limits): a field-by-field build costs five times as much per step."""
+    r = out.reported
+    values = np.stack([r.voltage_v, r.current_a, r.temp_c, r.soc, r.soh]) * _STATE_SCALE
+    values = np.rint(np.nan_to_num(values, nan=0.0, posinf=np.inf, neginf=-np.inf))
+    np.clip(values, _STATE_LO, _STATE_HI, out=values)
+    records = np.empty(values.shape[1], p.CELL_STATE_DTYPE)
+    records["cell"] = np.arange(values.shape[1])
+    records["flags"] = r.flags
+    for i, name in enumerate(_STATE_COLUMNS):
+        records[name] = values[i]
+    return records
+
+
 def step_messages(out: StepOutput, wall_us: int, wanted: int = p.SubscribeMask.ALL) -> Iterator[Item]:
     """The messages of what one engine step produces, only of the kinds in ``wanted``: a spectrum costs a
     Lin-KK fit (0.35 ms), not worth paying when no client subscribes to it."""
-    r = out.reported
-    n = r.voltage_v.size if wanted & p.SubscribeMask.CELL_STATES else 0
-    for start in range(0, n, MAX_CELLS_PER_FRAME):
-        sl = slice(start, min(n, start + MAX_CELLS_PER_FRAME))
-        yield Item(
-            BIT_STATES,
-            p.CellStates.from_columns(
-                out.time_us,
-                wall_us,
-                out.step & 0xFFFFFFFF,
-                cell=np.arange(sl.start, sl.stop),
-                flags=r.flags[sl],
-                voltage_uV=_clip_int(r.voltage_v[sl] * 1e6, *INT32),
-                current_uA=_clip_int(r.current_a[sl] * 1e6, *INT32),
-                temperature_mdegC=_clip_int(r.temp_c[sl] * 1e3, *INT32),
-                soc_ppm=_clip_int(r.soc[sl] * 1e6, 0, 1_000_000),
-                soh_ppm=_clip_int(r.soh[sl] * 1e6, 0, 1_000_000),
-            ),
-            None,
-        )
+    n = out.reported.voltage_v.size if wanted & BIT_STATES else 0
+    if n:
+        records = _state_records(out)
+        for start in range(0, n, MAX_CELLS_PER_FRAME):
+            chunk = records[start : start + MAX_CELLS_PER_FRAME]
+            yield Item(BIT_STATES, p.CellStates(out.time_us, wall_us, out.step & 0xFFFFFFFF, chunk), None)
     for fe in out.fault_events if wanted & p.SubscribeMask.FAULT_EVENT else ():
         yield Item(
             BIT_EVENT,

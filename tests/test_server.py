@@ -447,3 +447,34 @@ def test_server_runs_on_uvloop_and_paces_nothing_early() -> None:
 
     assert run(go(), "uvloop").startswith("uvloop")
     assert run(go(), "asyncio").startswith("asyncio")
+
+
+def test_cell_state_records_are_scaled_and_clipped_to_the_wire_ranges() -> None:
+    import dataclasses
+
+    from hil_server.model.store import BUNDLED_MODEL_DIR
+    from hil_server.sim.output import CellColumns
+    from hil_server.sim.run import build_engine
+    from hil_server.sources import step_messages
+
+    engine, _, _ = build_engine(US06, BUNDLED_MODEL_DIR, None)
+    out = engine.step()
+    nan, inf = float("nan"), float("inf")
+    odd = CellColumns(
+        voltage_v=np.array([nan]),
+        current_a=np.array([inf]),
+        temp_c=np.array([-inf]),
+        soc=np.array([1.7]),
+        soh=np.array([-0.1]),
+        flags=np.array([5], dtype=np.uint16),
+    )
+    (item,) = step_messages(dataclasses.replace(out, reported=odd), 123, p.SubscribeMask.CELL_STATES)
+    assert isinstance(item.message, p.CellStates)
+    rec = item.message.records[0]
+    assert (rec["voltage_uV"], rec["current_uA"], rec["temperature_mdegC"]) == (0, 2**31 - 1, -(2**31))
+    assert (rec["soc_ppm"], rec["soh_ppm"], rec["flags"], rec["cell"]) == (1_000_000, 0, 5, 0)
+    normal = dataclasses.replace(out.reported, voltage_v=np.array([3.7123456]), temp_c=np.array([25.0004]))
+    (item,) = step_messages(dataclasses.replace(out, reported=normal), 0, p.SubscribeMask.CELL_STATES)
+    assert isinstance(item.message, p.CellStates)
+    assert item.message.records[0]["voltage_uV"] == 3_712_346
+    assert item.message.records[0]["temperature_mdegC"] == 25_000
