@@ -8,6 +8,28 @@ import sys
 import time
 from pathlib import Path
 
+from ._loop import LOOP_CHOICES
+
+
+def add_listen_args(parser: argparse.ArgumentParser, speed_help: str) -> None:
+    """The options of a command that serves clients: bind address, port, speed, limits, secret, loop."""
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    parser.add_argument("--port", type=int, default=7700)
+    parser.add_argument("--speed", type=float, default=1.0, help=speed_help)
+    parser.add_argument("--max-clients", type=int, default=64)
+    parser.add_argument("--secret-file", help="require challenge-response auth with the secret in this file")
+    parser.add_argument("--secret-env", help="... or in this environment variable")
+    add_event_loop_arg(parser)
+
+
+def add_event_loop_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--event-loop",
+        choices=LOOP_CHOICES,
+        default="auto",
+        help="asyncio event loop (default: uvloop when installed)",
+    )
+
 
 def read_secret(args: argparse.Namespace) -> bytes | None:
     """The shared secret of ``--secret-file`` (stripped) or ``--secret-env``; None if neither was given."""

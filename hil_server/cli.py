@@ -24,9 +24,8 @@ import structlog
 import protocol as p
 
 from . import __version__
-from ._cli_util import StatusLine, read_secret
+from ._cli_util import StatusLine, add_event_loop_arg, add_listen_args, read_secret
 from ._logging import configure_logging
-from ._loop import LOOP_CHOICES
 from ._loop import run as run_loop
 from .frame_text import describe
 from .protocol_demo import run_demo
@@ -458,14 +457,6 @@ def build_parser() -> argparse.ArgumentParser:
             "--model", help="model directory (model.keras + metadata.json); default: the bundled model"
         )
 
-    def loop_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--event-loop",
-            choices=LOOP_CHOICES,
-            default="auto",
-            help="asyncio event loop (default: uvloop when installed)",
-        )
-
     demo = sub.add_parser("demo", help="server with the bundled model and a default scenario, and a client")
     model_arg(demo)
     demo.add_argument("--scenario", default=str(DEFAULT_SCENARIO), help="scenario (default: US06 at 25 C)")
@@ -473,30 +464,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=float, default=60.0, help="simulation speed (default 60x real time)")
     demo.add_argument("--protocol-only", action="store_true", help="the protocol loopback demo instead")
     demo.add_argument("--cells", type=int, default=4, help="cells (protocol-only demo)")
-    loop_arg(demo)
+    add_event_loop_arg(demo)
     demo.set_defaults(func=cmd_demo)
 
     serve = sub.add_parser("serve", help="stream a scenario to TCP clients in real time")
     model_arg(serve)
     serve.add_argument("scenario", help="scenario YAML")
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    serve.add_argument("--port", type=int, default=7700)
-    serve.add_argument(
-        "--speed",
-        type=float,
-        default=1.0,
-        help="1 = real time, N = N times faster, 0 = as fast as the slowest client reads",
-    )
+    add_listen_args(serve, "1 = real time, N = N times faster, 0 = as fast as the slowest client reads")
     serve.add_argument("--seed", type=int, help="seed (default: the scenario's)")
-    serve.add_argument("--max-clients", type=int, default=64)
-    serve.add_argument("--secret-file", help="require challenge-response auth with the secret in this file")
-    serve.add_argument("--secret-env", help="... or in this environment variable")
     serve.add_argument(
         "--record",
         metavar="FILE",
         help="also record the whole stream (all cells, all kinds) to a capture file",
     )
-    loop_arg(serve)
     serve.set_defaults(func=cmd_serve)
 
     decode = sub.add_parser("decode", help="decode a byte capture (file or -) and list its frames and errors")

@@ -197,26 +197,17 @@ class ReplaySource:
 
 
 def register(sub: Any) -> None:
+    from ._cli_util import add_listen_args
+
     rp = sub.add_parser("replay", help="serve a recorded capture to clients with its original timing")
     rp.add_argument("file", help="capture file (eis-hil record, or serve --record)")
-    rp.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    rp.add_argument("--port", type=int, default=7700)
-    rp.add_argument(
-        "--speed",
-        type=float,
-        default=1.0,
-        help="1 = original timing, N = N times faster, 0 = as fast as the slowest client reads",
-    )
+    add_listen_args(rp, "1 = original timing, N = N times faster, 0 = as fast as the slowest client reads")
     rp.add_argument("--loop", type=int, default=1, help="play it N times (0: forever)")
     rp.add_argument(
         "--skip", type=float, default=0.0, metavar="SECONDS", help="start this far into the capture"
     )
     rp.add_argument("--max-gap", type=float, metavar="SECONDS", help="shorten silences longer than this")
     rp.add_argument("--paused", action="store_true", help="start paused: a client sends RESUME (or START)")
-    rp.add_argument("--max-clients", type=int, default=64)
-    rp.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto")
-    rp.add_argument("--secret-file", help="require challenge-response auth with the secret in this file")
-    rp.add_argument("--secret-env", help="... or in this environment variable")
     rp.set_defaults(func=cmd_replay)
 
 
