@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import dataclasses
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,17 @@ class ReplayError(Exception):
     """The capture cannot be replayed (no SERVER_HELLO, nothing to stream)."""
 
 
+_STEP = struct.Struct("<I")
+_STEP_OFFSET = 16
+"""Where CELL_STATES carries its step (SPEC.md, 0x10): read without decoding the records."""
+
+
 def _item(kind: int, payload: bytes) -> Item:
-    msg = p.decode_payload(kind, payload)
     bit = _STREAMED[kind]
+    if bit == BIT_STATES:
+        step = _STEP.unpack_from(payload, _STEP_OFFSET)[0]
+        return Item(bit, None, None, 0, payload, msg_type=kind, step=step)
+    msg = p.decode_payload(kind, payload)
     if isinstance(msg, p.EisSpectrum):
         return Item(bit, msg, msg.cell, SWEEP if msg.sweep_duration_ms else INSTANT, payload)
     if isinstance(msg, p.EisPoint):

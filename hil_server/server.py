@@ -37,7 +37,17 @@ import protocol as p
 
 from .sim.engine import Engine
 from .sim.output import StreamFault
-from .sources import BIT_EVENT, BIT_POINT, INSTANT, ControlRefusedError, EngineSource, Item, Source, Tick
+from .sources import (
+    BIT_EVENT,
+    BIT_POINT,
+    BIT_STATES,
+    INSTANT,
+    ControlRefusedError,
+    EngineSource,
+    Item,
+    Source,
+    Tick,
+)
 from .sources import Identity as ServerIdentity
 from .transport_faults import TransportFaults
 
@@ -398,7 +408,7 @@ class HilServer:
             mode = self.source.engine.scenario.eis.mode
             self._default_mode = p.EisMode.SWEEP if mode == "sweep" else p.EisMode.INSTANT
         self._hello_template = hello
-        self._record(hello)
+        self._record(int(hello.MSG_TYPE), p.encode_payload(hello))
 
     @property
     def engine(self) -> Engine:
@@ -450,7 +460,7 @@ class HilServer:
         log.info("stopped", reason=reason)
 
     # -- recording -----------------------------------------------------------------------------------
-    def _record(self, message: p.Message, payload: bytes | None = None) -> None:
+    def _record(self, msg_type: int, payload: bytes) -> None:
         if self.recorder is None:
             return
         from .capture import DIR_TX, CaptureError
@@ -458,11 +468,8 @@ class HilServer:
         enc = self._rec_encoder
         try:
             t_us = round((self.now() - self._rec_t0) * 1e6)
-            if payload is None:
-                frame = enc.encode(message)
-            else:
-                frame = p.frame_payload(message.MSG_TYPE, payload, enc.next_seq, 0, enc.version)
-                enc.next_seq = (enc.next_seq + 1) & 0xFFFFFFFF
+            frame = p.frame_payload(msg_type, payload, enc.next_seq, 0, enc.version)
+            enc.next_seq = (enc.next_seq + 1) & 0xFFFFFFFF
             self.recorder.write(frame, direction=DIR_TX, t_us=t_us)
         except CaptureError as exc:
             # The stream goes on without the recording; what was written stays readable.
@@ -620,26 +627,22 @@ class HilServer:
             return
         default = int(self._default_mode)
         for item in tick.items:
-            msg = item.message
-            payload = item.payload  # else encoded once, for the first session that wants it
             if self.recorder is not None:
-                payload = payload or p.encode_payload(msg)
-                self._record(msg, payload)
-            state_step = msg.step if isinstance(msg, p.CellStates) else 0
+                self._record(item.msg_type, item.encoded())
             for s in sessions:
-                if state_step % s.divider or not s.wants(item, default):
+                if item.step % s.divider or not s.wants(item, default):
                     continue
-                if isinstance(msg, p.CellStates) and s.cells is not None:
+                if item.bit == BIT_STATES and s.cells is not None:
+                    msg = item.message
+                    assert isinstance(msg, p.CellStates)
                     keep = np.isin(msg.records["cell"], sorted(s.cells))
                     if not keep.any():
                         continue
                     sub = p.CellStates(msg.t_sim_us, msg.t_wall_us, msg.step, msg.records[keep])
-                    s.push_payload(msg.MSG_TYPE, p.encode_payload(sub), True, faults, tick.time_us)
+                    s.push_payload(item.msg_type, p.encode_payload(sub), True, faults, tick.time_us)
                     continue
-                if payload is None:
-                    payload = p.encode_payload(msg)
                 droppable = item.bit != BIT_EVENT
-                s.push_payload(msg.MSG_TYPE, payload, droppable, faults, tick.time_us)
+                s.push_payload(item.msg_type, item.encoded(), droppable, faults, tick.time_us)
         for s in sessions:
             if not s.transport.idle:
                 s.queue_telemetry(s.transport.release(tick.time_us, faults))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -41,18 +41,53 @@ INSTANT = int(p.EisMode.INSTANT)
 SWEEP = int(p.EisMode.SWEEP)
 
 
-class Item(NamedTuple):
-    """One message to stream, with what a session filters it by."""
+class Item:
+    """One message to stream, with what a session filters it by. Either the message is given (a running
+    scenario), or its encoded payload (a replay), which is then decoded only if a session needs the message
+    itself (a cell filter on CELL_STATES): a replay passes most frames through without decoding them."""
 
-    bit: int
-    """Its ``SubscribeMask`` bit."""
-    message: p.Message
-    cell: int | None
-    """The cell of a spectrum or point; None for messages about several cells."""
-    eis_mode: int = 0
-    """For EIS_SPECTRUM: INSTANT or SWEEP (the completed sweep), matched against each client's choice."""
-    payload: bytes | None = None
-    """The message already encoded, when the source has it (a replay): saves encoding it again."""
+    __slots__ = ("_message", "bit", "cell", "eis_mode", "msg_type", "payload", "step")
+
+    def __init__(
+        self,
+        bit: int,
+        message: p.Message | None,
+        cell: int | None,
+        eis_mode: int = 0,
+        payload: bytes | None = None,
+        *,
+        msg_type: int | None = None,
+        step: int = 0,
+    ) -> None:
+        self.bit = bit
+        """Its ``SubscribeMask`` bit."""
+        self._message = message
+        self.cell = cell
+        """The cell of a spectrum or point; None for messages about several cells."""
+        self.eis_mode = eis_mode
+        """For EIS_SPECTRUM: INSTANT or SWEEP (the completed sweep), matched against each client's choice."""
+        self.payload = payload
+        """The message encoded, when the source has it: saves encoding it again."""
+        if message is not None:
+            msg_type = int(message.MSG_TYPE)
+            step = message.step if isinstance(message, p.CellStates) else 0
+        if msg_type is None or (message is None and payload is None):
+            raise ValueError("an Item needs its message, or its payload and msg_type")
+        self.msg_type = msg_type
+        self.step = step
+        """CELL_STATES: the simulation step (for each session's divider); 0 otherwise."""
+
+    @property
+    def message(self) -> p.Message:
+        if self._message is None:
+            assert self.payload is not None
+            self._message = p.decode_payload(self.msg_type, self.payload)
+        return self._message
+
+    def encoded(self) -> bytes:
+        if self.payload is None:
+            self.payload = p.encode_payload(self.message)
+        return self.payload
 
 
 @dataclasses.dataclass(frozen=True)
