@@ -36,6 +36,8 @@ from ._model import (
     EisRequest,
     EisSchedule,
     Fault,
+    MeasuredEis,
+    MeasuredSelect,
     Repeat,
     Rest,
     Scenario,
@@ -222,7 +224,15 @@ class _Builder:
 
     def _eis(self, node: yaml.Node | None) -> EisSchedule | None:
         r = self.r
-        keys = ("interval_s", "mode", "frequencies", "frequencies_hz", "periods_per_point", "settle_s")
+        keys = (
+            "interval_s",
+            "mode",
+            "frequencies",
+            "frequencies_hz",
+            "periods_per_point",
+            "settle_s",
+            "measured",
+        )
         m: dict[str, yaml.Node] | None = {} if node is None else r.mapping(node, "eis", keys)
         if m is None:
             return None
@@ -240,7 +250,10 @@ class _Builder:
         )
         settle = r.number(m["settle_s"], "eis.settle_s", Range(0, 3600)) if "settle_s" in m else 0.0
         freqs = self._frequencies(node, m)
+        measured = self._measured(m["measured"]) if "measured" in m else None
         if mode is None or periods is None or settle is None or freqs is None:
+            return None
+        if "measured" in m and measured is None:
             return None
         return EisSchedule(
             interval_s=interval,
@@ -248,7 +261,54 @@ class _Builder:
             frequencies_hz=freqs,
             periods_per_point=periods,
             settle_s=settle,
+            measured=measured,
         )
+
+    def _measured(self, node: yaml.Node) -> MeasuredEis | None:
+        r = self.r
+        m = r.mapping(node, "eis.measured", ("file", "select"), required=("file",))
+        if m is None:
+            return None
+        ref = r.string(m["file"], "eis.measured.file", what="a .csv path relative to the scenario")
+        select: str | None = "nearest"
+        if "select" in m:
+            select = r.choice(m["select"], "eis.measured.select", ("nearest", "sequence"))
+        if ref is None or select is None:
+            return None
+        file = self._beside(m["file"], "eis.measured.file", ref, "measured spectra")
+        if file is None:
+            return None
+        from hil_server.eis_data import EisDataError, read_generic_csv
+
+        try:
+            spectra = tuple(read_generic_csv(file, source="measured"))
+        except EisDataError as exc:
+            if exc.line is None:
+                r.error(m["file"], "eis.measured.file", str(exc))
+            else:  # inside the CSV: name that file and its line, keep the scenario's key path
+                detail = str(exc).removeprefix(f"{exc.path}:{exc.line}: ")
+                r.errors.append(Issue(str(exc.path), exc.line, "eis.measured.file", detail))
+            return None
+        return MeasuredEis(file, cast(MeasuredSelect, select), spectra)
+
+    def _beside(self, node: yaml.Node, path: str, ref: str, what: str) -> Path | None:
+        """A file the scenario names: relative to its directory and inside it (no absolute paths, no
+        escaping with ``..`` or symlinks), so a scenario cannot read files the user did not put beside it."""
+        rel = Path(ref)
+        if rel.is_absolute():
+            self.r.error(
+                node,
+                path,
+                f"expected a path relative to the scenario's directory, got the absolute path {ref!r}",
+            )
+            return None
+        resolved = (self.base_dir / rel).resolve()
+        if not resolved.is_relative_to(self.base_dir):
+            self.r.error(
+                node, path, f"{what} path {ref!r} leaves the scenario's directory ({self.base_dir}): refused"
+            )
+            return None
+        return resolved
 
     def _frequencies(self, eis_node: yaml.Node | None, m: dict[str, yaml.Node]) -> tuple[float, ...] | None:
         r = self.r
@@ -564,21 +624,8 @@ class _Builder:
                 "missing required key 'signal' (current or power) for a drive cycle from a file",
             )
             return None
-        rel = Path(ref)
-        if rel.is_absolute():
-            r.error(
-                node,
-                path,
-                f"expected a path relative to the scenario's directory, got the absolute path {ref!r}",
-            )
-            return None
-        resolved = (self.base_dir / rel).resolve()
-        if not resolved.is_relative_to(self.base_dir):
-            r.error(
-                node,
-                path,
-                f"drive cycle path {ref!r} leaves the scenario's directory ({self.base_dir}): refused",
-            )
+        resolved = self._beside(node, path, ref, "drive cycle")
+        if resolved is None:
             return None
         return self._read_cycle(node, path, resolved, ref, signal, 1.0)
 

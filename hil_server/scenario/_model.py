@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +24,21 @@ SweepParameter: TypeAlias = Literal["ambient_temp_c", "soc", "soh"]
 DriveSignal: TypeAlias = Literal["current", "power"]
 
 
+MeasuredSelect: TypeAlias = Literal["nearest", "sequence"]
+
+
+@dataclass(frozen=True)
+class MeasuredEis:
+    """Spectra measured on real cells (generic EIS CSV) streamed in place of the model's."""
+
+    file: Path
+    select: MeasuredSelect
+    """nearest: the measured spectrum closest to the cell's operating point; sequence: the file's spectra in
+    order, one per spectrum requested, each cell on its own, wrapping around."""
+    spectra: tuple[Any, ...]
+    """``hil_server.eis_data.Spectrum`` objects, read and checked when the scenario is loaded."""
+
+
 @dataclass(frozen=True)
 class EisSchedule:
     interval_s: float | None
@@ -34,6 +49,8 @@ class EisSchedule:
     periods_per_point: float
     """Sweep mode: periods of each frequency measured per point (a point takes periods / f + settle_s)."""
     settle_s: float
+    measured: MeasuredEis | None = None
+    """Measured spectra instead of the model's; None: the model."""
 
 
 @dataclass(frozen=True)

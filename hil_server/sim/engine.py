@@ -22,6 +22,7 @@ from hil_server.scenario import (
     ConstantPower,
     DriveCycleSegment,
     EisRequest,
+    MeasuredEis,
     Repeat,
     Rest,
     Scenario,
@@ -127,6 +128,37 @@ CHECKPOINT_S = 60.0
 MAX_CHECKPOINTS = 64
 
 
+class _MeasuredBank:
+    """Measured spectra resampled to the scenario's grid: Re and Im interpolated linearly in log frequency,
+    NaN (dropped from the frame) at grid frequencies outside a spectrum's measured band."""
+
+    SCALE = np.array([0.1, 10.0, 0.05])
+    """Distances for ``nearest``: 10 % SOC, 10 degC and 5 % SOH weigh the same."""
+
+    def __init__(self, measured: MeasuredEis, freq_hz: F64) -> None:
+        self.select = measured.select
+        grid = np.log10(freq_hz)
+        rows = []
+        for sp in measured.spectra:
+            f = np.log10(np.asarray(sp.freq_hz))[::-1]  # ascending for np.interp
+            z = np.asarray(sp.z)[::-1]
+            inside = (grid >= f[0] - 1e-9) & (grid <= f[-1] + 1e-9)
+            row = np.full(grid.size, np.nan + 0j)
+            row[inside] = np.interp(grid[inside], f, z.real) + 1j * np.interp(grid[inside], f, z.imag)
+            rows.append(row)
+        self.z: C128 = np.array(rows)
+        self.op: F64 = np.array([[sp.soc, sp.temp_c, sp.soh] for sp in measured.spectra], dtype=np.float64)
+
+    def __len__(self) -> int:
+        return int(self.z.shape[0])
+
+    def nearest(self, soc: F64, temp_c: F64, soh: F64) -> I64:
+        here = np.stack([soc, temp_c, soh], axis=1)
+        d = (((self.op[None, :, :] - here[:, None, :]) / self.SCALE) ** 2).sum(axis=2)
+        rows: I64 = np.argmin(d, axis=1).astype(np.int64)
+        return rows
+
+
 class Engine:
     """Runs one scenario deterministically: ``step()`` advances the simulation by ``1 / step_rate_hz``.
 
@@ -161,6 +193,8 @@ class Engine:
         self.n_cells = scenario.cells.count
         self.dt_s = 1.0 / scenario.step_rate_hz
         self.freq_hz = np.asarray(scenario.eis.frequencies_hz, dtype=np.float64)
+        measured = scenario.eis.measured
+        self._measured = None if measured is None else _MeasuredBank(measured, self.freq_hz)
         self._tol = param_tolerance
         self._range = source.input_range(scenario.cells.profile)
         self.eis_modes: frozenset[str] = frozenset({scenario.eis.mode})
@@ -212,6 +246,10 @@ class Engine:
         self._pending = np.zeros((2, n), dtype=bool)
         """Requested spectra not yet started, per output mode: row 0 instant, row 1 sweep-timed."""
         self._spectrum_counter = np.zeros(n, dtype=np.int64)
+        self._measured_row = np.zeros(n, dtype=np.int64)
+        """Measured spectra: the row each cell's current spectrum comes from."""
+        self._measured_next = np.zeros(n, dtype=np.int64)
+        """Measured spectra, ``sequence``: each cell's next row."""
         self._sweeping = np.zeros(n, dtype=bool)
         self._sweeps: list[_SweepRun] = []
         self._last_z = np.full((n, self.freq_hz.size), np.nan + 0j)
@@ -827,12 +865,28 @@ class Engine:
         )
 
     # ------------------------------------------------------------------------------------------- EIS
-    def _true_z(self, cells: I64, freq_hz: F64) -> C128:
+    def _true_z(self, cells: I64, points: I64) -> C128:
+        """The cells' impedance at the grid points ``points``: the model's at the operating point, or the
+        measured spectrum chosen for each cell when its spectrum started (NaN outside its band)."""
+        if self._measured is not None:
+            return self._measured.z[self._measured_row[cells]][:, points]
         params = self._cell_params(cells, self.soc[cells], self.temp_c[cells], self.soh[cells], self.time_s)
-        return impedance(params, freq_hz[None, :])
+        return impedance(params, self.freq_hz[points][None, :])
+
+    def _start_spectrum(self, cells: I64) -> None:
+        """A spectrum of ``cells`` starts: count it, and pick the measured spectra it will report."""
+        self._spectrum_counter[cells] += 1
+        bank = self._measured
+        if bank is None:
+            return
+        if bank.select == "nearest":
+            self._measured_row[cells] = bank.nearest(self.soc[cells], self.temp_c[cells], self.soh[cells])
+        else:
+            self._measured_row[cells] = self._measured_next[cells] % len(bank)
+            self._measured_next[cells] += 1
 
     def _measure(self, cells: I64, z: C128, point_index: I64, now_s: float) -> tuple[C128, Bool]:
-        dropped = np.zeros(z.shape, dtype=bool)
+        dropped = ~np.isfinite(z)  # a measured spectrum that does not reach a grid frequency
         rep = z
         for f in self._faults:
             if (
@@ -857,8 +911,8 @@ class Engine:
         all_points = np.arange(n_f)
         if "instant" in self.eis_modes and self._pending[0].any():
             cells = np.flatnonzero(self._pending[0])
-            self._spectrum_counter[cells] += 1
-            z = self._true_z(cells, self.freq_hz)
+            self._start_spectrum(cells)
+            z = self._true_z(cells, all_points)
             rep, dropped = self._measure(cells, z, all_points, now_s)
             spectra.append(
                 self._spectrum(cells, self._spectrum_counter[cells].copy(), z, rep, dropped, 0, flags)
@@ -871,7 +925,7 @@ class Engine:
             cells = np.flatnonzero(start)
             self._pending[1, cells] = False
             self._sweeping[cells] = True
-            self._spectrum_counter[cells] += 1
+            self._start_spectrum(cells)
             eis = self.scenario.eis
             durations = eis.periods_per_point / self.freq_hz + eis.settle_s
             self._sweeps.append(
@@ -892,7 +946,7 @@ class Engine:
                 # every point finished during this step is measured at the current operating point, so the
                 # operating point drifts along the sweep exactly as on a real instrument
                 idx = np.arange(run.next_point, last)
-                z = self._true_z(run.cells, self.freq_hz[idx])
+                z = self._true_z(run.cells, idx)
                 rep, dropped = self._measure(run.cells, z, idx, now_s)
                 run.z_true[:, idx] = z
                 run.z_rep[:, idx] = rep
