@@ -548,7 +548,7 @@ def test_ended_faults_are_dropped_after_their_end_event(tmp_path: Path) -> None:
     once their END event has gone out."""
     eng = Engine(scenario(tmp_path, BIG + "timeline:\n  - rest: {duration_s: 1000}\n"), FixedCircuitSource())
     ends = 0
-    for i in range(200):
+    for _ in range(200):
         eng.inject_fault(FaultKind.NOISE, [0], 1.0, 0.5, {"signal": "voltage"})
         for out in eng.run(eng.time_s + 1.0):
             ends += sum(e.phase == FaultPhase.END for e in out.fault_events)

@@ -176,13 +176,13 @@ async def throughput(seconds: float) -> None:
             bare64 = await _bare_throughput(n, seconds, sample, batch=64)
             replay = await _server_throughput(n, seconds, capture)
             live = await _server_throughput(n, seconds)
+            pad = " " * 17
             print(
                 f"   {n:2d} client(s): bare sender {bare1:9.0f} (a write per frame), {bare64:9.0f} "
-                f"(64 frames per write)\n"
-                f"                 server replaying a capture {replay:9.0f}: {replay / bare1:6.1%} of the 1st "
-                f"(target >= 50 %), {replay / bare64:6.1%} of the 2nd\n"
-                f"                 server running a scenario  {live:9.0f}: {live / bare1:6.1%} of the 1st "
-                f"(simulation-bound)"
+                f"(64 frames per write)\n{pad}server replaying a capture {replay:9.0f}: "
+                f"{replay / bare1:6.1%} of the 1st (target >= 50 %), {replay / bare64:6.1%} of the 2nd\n"
+                f"{pad}server running a scenario  {live:9.0f}: {live / bare1:6.1%} of the 1st "
+                "(simulation-bound)"
             )
 
 
