@@ -228,7 +228,10 @@ class LinePacer:
         self.telemetry_bytes = 0
         """Bytes of the droppable items queued."""
         self._current: _Item | None = None
+        self._current_droppable = False
         self._offset = 0
+        self._chunk: list[list[Any]] = []
+        """What the last ``pull`` handed out: [item, droppable, finished] each, for ``write_failed``."""
         self.online = True
         """False while the port is gone: telemetry pushed then is dropped at once (and counted)."""
         self.dropped = 0
@@ -287,17 +290,21 @@ class LinePacer:
         self._last = now if self._last is None else max(self._last, now)
 
     def pull(self, now: float) -> bytes:
-        """The bytes the line can take now (possibly none)."""
+        """The bytes the line can take now (possibly none). If writing them fails, call ``write_failed``."""
         self._refill(now)
         out = bytearray()
+        self._chunk = []
+        if self._current is not None:
+            self._chunk.append([self._current, self._current_droppable, False])
         while self.credit >= 1:
             if self._current is None:
                 if not self.queue:
                     break
-                self._current, may_drop = self.queue.popleft()
-                if may_drop:
+                self._current, self._current_droppable = self.queue.popleft()
+                if self._current_droppable:
                     self.telemetry_bytes -= len(self._current.data)
                 self._offset = 0
+                self._chunk.append([self._current, self._current_droppable, False])
             cur = self._current
             n = min(int(self.credit), len(cur.data) - self._offset)
             out += cur.data[self._offset : self._offset + n]
@@ -306,9 +313,37 @@ class LinePacer:
             if self._offset >= len(cur.data):
                 self.frames_sent += 1
                 self.latency_s.append(now - cur.t_enq)
+                self._chunk[-1][2] = True
                 self._current = None
         self.bytes_sent += len(out)
         return bytes(out)
+
+    def write_failed(self, nbytes: int) -> None:
+        """The last ``pull``'s bytes never reached the line (the port went away): the telemetry in them is
+        counted as dropped, the replies go back to the front of the queue to be sent whole, and a frame cut
+        in the middle is not continued (its tail alone would be garbage on the next connection)."""
+        self.bytes_sent -= nbytes
+        replies: list[tuple[_Item, bool]] = []
+        for item, droppable, finished in self._chunk:
+            if finished:
+                self.frames_sent -= 1
+            if droppable:
+                self._drop(item)
+            else:
+                replies.append((item, False))
+        self.queue.extendleft(reversed(replies))
+        self._chunk = []
+        self._current, self._offset = None, 0
+
+    def abort_current(self) -> None:
+        """The line went away between writes: a frame started on it is not continued on the next one
+        (dropped if telemetry, sent again whole if a reply)."""
+        if self._current is not None and self._offset:
+            if self._current_droppable:
+                self._drop(self._current)
+            else:
+                self.queue.appendleft((self._current, False))
+            self._current, self._offset = None, 0
 
     def next_ready(self, now: float) -> float | None:
         """When ``pull`` will next return bytes: None if nothing is queued."""
@@ -452,7 +487,9 @@ class DeviceSession:
             if self.pacer.queued("hello") == 0:
                 self._send(self.hello, now, droppable=False, kind="hello")
             self.next_hello = now + self.hello_interval_s
-        if self.state is SessionState.READY and now - self.last_rx > self.peer_timeout_s:
+        if not self.pacer.online:
+            self.last_rx = now  # the port is gone, not the device: the session waits for the reopen
+        elif self.state is SessionState.READY and now - self.last_rx > self.peer_timeout_s:
             self.log.warning("device silent, new serial connection", silent_s=round(now - self.last_rx, 1))
             raise _RestartSessionError
         if now >= self.next_heartbeat:
@@ -900,6 +937,7 @@ class SerialBridge:
         self.outages += 1
         self._close_port()
         self.pacer.online = False
+        self.pacer.abort_current()
         dropped = self.pacer.drop_telemetry()
         log.warning("serial port lost; reopening", port=self.config.port, error=str(exc), dropped=dropped)
         self._reopen_task = asyncio.create_task(self._reopen())
@@ -926,6 +964,7 @@ class SerialBridge:
                 delay = min(2 * delay, 2.0)
                 continue
             self._open(ser)
+            self.session.last_rx = self.clock()  # the device was cut off, not silent: its timeout restarts
             log.info(
                 "serial port back",
                 port=self.config.port,
@@ -1015,6 +1054,7 @@ class SerialBridge:
                 try:
                     await asyncio.to_thread(port.write, chunk)
                 except Exception as exc:  # SerialException, OSError, or a port closed under us
+                    self.pacer.write_failed(len(chunk))
                     self._port_lost(port, exc)
                 continue
             now = self.clock()

@@ -243,6 +243,30 @@ def test_pacer_keeps_a_started_frame_whole_and_the_push_order() -> None:
     assert pacer.next_ready(1.0) is None
 
 
+def test_a_failed_write_drops_its_telemetry_and_keeps_its_replies() -> None:
+    pacer = LinePacer(1000.0, limit_bytes=10_000, burst_s=0.0)  # 64-byte bursts
+    pacer.push(b"t" * 20, 0.0, droppable=True, kind="t")
+    pacer.push(b"R" * 20, 0.0, droppable=False, kind="reply")
+    pacer.push(b"u" * 40, 0.0, droppable=True, kind="t")
+    chunk = pacer.pull(0.0)
+    assert chunk == b"t" * 20 + b"R" * 20 + b"u" * 24  # the last frame cut by the burst
+    pacer.write_failed(len(chunk))  # the port went away during this write
+    assert pacer.dropped == 2  # both telemetry frames, the cut one included
+    assert pacer.frames_sent == 0
+    assert pacer.pull(1.0) == b"R" * 20  # the reply again, whole, and nothing of the cut frame
+
+
+def test_a_frame_cut_by_a_lost_port_is_not_continued() -> None:
+    pacer = LinePacer(1000.0, limit_bytes=10_000, burst_s=0.0)
+    pacer.push(b"R" * 100, 0.0, droppable=False, kind="reply")
+    assert pacer.pull(0.0) == b"R" * 64  # written; then the port is lost before the rest
+    pacer.abort_current()
+    assert pacer.pull(1.0) == b"R" * 64  # the reply starts again from its first byte
+    assert pacer.pull(2.0) == b"R" * 36
+    pacer.abort_current()  # nothing half-sent now: nothing to do
+    assert (pacer.dropped, pacer.frames_sent, pacer.pull(3.0)) == (0, 1, b"")
+
+
 def test_pacer_drops_the_oldest_telemetry_but_never_a_reply() -> None:
     pacer = LinePacer(1000.0, limit_bytes=30, burst_s=0.0)
     pacer.push(b"1" * 10, 0.0, droppable=True, kind="t")
@@ -341,7 +365,7 @@ async def test_port_lost_and_back_keeps_the_session() -> None:
     master1, name1 = pty_pair()
     master2, name2 = pty_pair()
     fake = FakeTime()
-    failures = 3
+    failures = 7  # backoff 0.05 + 0.1 + ... + 2.0 = 5.15 s, past the device's 5 s peer timeout
 
     def opener(port: str, baud: int) -> serial.SerialBase:
         nonlocal failures
@@ -354,7 +378,8 @@ async def test_port_lost_and_back_keeps_the_session() -> None:
         return open_serial(name2, baud)
 
     opener.calls = 0  # type: ignore[attr-defined]
-    config = BridgeConfig(port="dev", baud=921600, reopen_timeout_s=30.0, peer_timeout_s=60.0)
+    # the outage outlasts the device's peer timeout (5 s): the session must still survive it
+    config = BridgeConfig(port="dev", baud=921600, reopen_timeout_s=30.0, peer_timeout_s=5.0)
     async with bridged(US06, config, speed=20.0, opener=opener, clock=fake, sleep=fake.sleep) as (
         _,
         bridge,
@@ -372,7 +397,7 @@ async def test_port_lost_and_back_keeps_the_session() -> None:
         assert frame.seq > last  # the same serial connection: numbering goes on, no new hello
         assert not task.done()
         assert bridge.outages == 1
-        assert len(fake.sleeps) == 3
+        assert len(fake.sleeps) == 7
         assert fake.sleeps == sorted(fake.sleeps)
         hb = (await dev2.next(p.Heartbeat, timeout=3)).message
         assert isinstance(hb, p.Heartbeat)
