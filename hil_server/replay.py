@@ -67,25 +67,30 @@ _STEP_OFFSET = 16
 """Where CELL_STATES carries its step (SPEC.md, 0x10): read without decoding the records."""
 
 
-def _item(kind: int, payload: bytes) -> Item:
+_REPLAY = int(p.FrameFlags.REPLAY)
+
+
+def _item(kind: int, payload: bytes, flags: int) -> Item:
+    """Frames keep the flags they were recorded with, plus REPLAY."""
     bit = _STREAMED[kind]
+    flags |= _REPLAY
     if bit == BIT_STATES:
         step = _STEP.unpack_from(payload, _STEP_OFFSET)[0]
-        return Item(bit, None, None, 0, payload, msg_type=kind, step=step)
+        return Item(bit, None, None, 0, payload, msg_type=kind, step=step, flags=flags)
     msg = p.decode_payload(kind, payload)
     if isinstance(msg, p.EisSpectrum):
-        return Item(bit, msg, msg.cell, SWEEP if msg.sweep_duration_ms else INSTANT, payload)
+        return Item(bit, msg, msg.cell, SWEEP if msg.sweep_duration_ms else INSTANT, payload, flags=flags)
     if isinstance(msg, p.EisPoint):
-        return Item(bit, msg, msg.cell, 0, payload)
-    return Item(bit, msg, None, 0, payload)
+        return Item(bit, msg, msg.cell, 0, payload, flags=flags)
+    return Item(bit, msg, None, 0, payload, flags=flags)
 
 
 @dataclasses.dataclass
 class _Group:
     t_us: int
     """Capture time, relative to the first streamed frame, after ``max_gap`` shortening."""
-    frames: list[tuple[int, bytes]]
-    """(message type, payload) of each stream message recorded at that instant."""
+    frames: list[tuple[int, bytes, int]]
+    """(message type, payload, frame flags) of each stream message recorded at that instant."""
 
 
 class ReplaySource:
@@ -104,6 +109,8 @@ class ReplaySource:
 
         if loop < 0:
             raise ValueError("--loop must be >= 0 (0: forever)")
+        if max_gap_s is not None and max_gap_s <= 0:
+            raise ValueError("--max-gap must be > 0 s")
         capture = open_capture(path)
         hello: p.ServerHello | None = None
         groups: list[_Group] = []
@@ -117,7 +124,7 @@ class ReplaySource:
                 if isinstance(msg, p.ServerHello) and hello is None:
                     hello = msg
                 elif msg.MSG_TYPE in _STREAMED:
-                    entry = (int(msg.MSG_TYPE), p.encode_payload(msg))
+                    entry = (int(msg.MSG_TYPE), p.encode_payload(msg), item.flags)
                     if groups and groups[-1].t_us == record.t_us:
                         groups[-1].frames.append(entry)
                     else:
@@ -143,8 +150,9 @@ class ReplaySource:
             )
         self._groups = groups[first:]
         self._times = [g.t_us - self._groups[0].t_us for g in self._groups]
-        step = int(np.median(gaps)) if gaps.size else 1
-        self._period_us = self._times[-1] + max(1, step)
+        step = int(np.median(gaps)) if gaps.size else 0
+        # one median interval between passes; at least 1 ms, so a capture of one instant cannot flood
+        self._period_us = self._times[-1] + max(1000, step)
         self._loops = loop
         self._pass = 0
         self._index = 0
@@ -185,7 +193,9 @@ class ReplaySource:
             self._pass += 1
             self._index = 0
         finished = self._index == len(self._groups)
-        items = [_item(kind, payload) for kind, payload in group.frames if _STREAMED[kind] & wanted]
+        items = [
+            _item(kind, payload, flags) for kind, payload, flags in group.frames if _STREAMED[kind] & wanted
+        ]
         return Tick(self._time_us, items, (), finished)
 
     def set_eis_modes(self, modes: frozenset[int]) -> None:
@@ -195,8 +205,11 @@ class ReplaySource:
         """To capture time ``time_us`` (on the looped time line; past the end: the last frame)."""
         self._pass = min(time_us // self._period_us, max(self._loops - 1, 0) if self._loops else time_us)
         rel = time_us - self._pass * self._period_us
-        self._index = min(bisect.bisect_left(self._times, rel), len(self._groups) - 1)
-        self._time_us = time_us
+        i = bisect.bisect_left(self._times, rel)
+        if i == len(self._times) and (self._loops == 0 or self._pass + 1 < self._loops):
+            self._pass, i = self._pass + 1, 0  # in the pause between two passes: the next pass
+        self._index = min(i, len(self._groups) - 1)
+        self._time_us = min(time_us, self.next_time_us)
 
     def control(self, msg: p.Control, cells: list[int] | None) -> int:
         name = p.ControlCommand(msg.command).name if msg.command in tuple(p.ControlCommand) else msg.command

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -75,6 +76,9 @@ class ServerConfig:
     stuck_s: float = 10.0
     """A client whose socket accepts nothing for this long is disconnected (SLOW_CONSUMER)."""
     control_rate_per_s: float = 50.0
+    max_seek_ahead_s: float = 3600.0
+    """A SEEK further ahead is refused: the simulation runs to the target inside the event loop, so a jump
+    of days would stall every client (seeking back restarts from a checkpoint and is bounded)."""
 
 
 class State(enum.Enum):
@@ -137,13 +141,14 @@ class Session:
         droppable: bool = True,
         faults: tuple[StreamFault, ...] = (),
         t_us: int = 0,
+        flags: int = 0,
     ) -> None:
         """Queue a frame. Telemetry (``droppable``) goes through the active stream ``faults`` at ``t_us``."""
-        frame = p.frame_payload(msg_type, payload, self.encoder.next_seq, 0, self.encoder.version)
+        frame = p.frame_payload(msg_type, payload, self.encoder.next_seq, flags, self.encoder.version)
         self.encoder.next_seq = (self.encoder.next_seq + 1) & 0xFFFFFFFF
         if not droppable:
             self.queue.append((frame, False))
-        elif faults or not self.transport.idle:
+        elif msg_type != p.MsgType.HEARTBEAT and (faults or not self.transport.idle):
             self.queue_telemetry(self.transport.apply(frame, t_us, faults))
         else:
             self.queue_telemetry((frame,))
@@ -188,6 +193,7 @@ class Session:
                     await self._stuck(cfg.stuck_s)
                     return
                 except (ConnectionError, OSError):
+                    self.closing = True  # out of the broadcast at once, not when the session is reaped
                     return
             if self.closing and not self.queue:
                 # Half-close after BYE: closing outright with the peer's heartbeats unread makes the kernel
@@ -235,12 +241,17 @@ class Session:
             self.last_rx = time.monotonic()
             self.decoder.feed(data)
             for item in self.decoder.events():
+                if self.said_bye():
+                    break  # after our BYE nothing more is answered, even from the same read
                 if isinstance(item, p.RemoteProtocolError):
                     self.bad_input(item)
                 else:
                     self.handle(item)
             if self.decoder.buffered > p.MAX_FRAME_SIZE:
                 return  # cannot happen with a conforming decoder; belt and braces against memory growth
+
+    def said_bye(self) -> bool:
+        return self.closing
 
     def bad_input(self, err: p.RemoteProtocolError) -> None:
         self.rx_bad += 1
@@ -393,6 +404,8 @@ class HilServer:
         self.resumed = asyncio.Event()
         self.resumed.set()
         self.streaming_changed = asyncio.Event()
+        self._replan = asyncio.Event()
+        """Set by a control that changes the state, speed or time line: the pacing loop decides again."""
         self.lateness_us: list[float] = []
         self.rx_bad = 0
         self.recorder = recorder
@@ -460,7 +473,7 @@ class HilServer:
         log.info("stopped", reason=reason)
 
     # -- recording -----------------------------------------------------------------------------------
-    def _record(self, msg_type: int, payload: bytes) -> None:
+    def _record(self, msg_type: int, payload: bytes, flags: int = 0) -> None:
         if self.recorder is None:
             return
         from .capture import DIR_TX, CaptureError
@@ -468,7 +481,7 @@ class HilServer:
         enc = self._rec_encoder
         try:
             t_us = round((self.now() - self._rec_t0) * 1e6)
-            frame = p.frame_payload(msg_type, payload, enc.next_seq, 0, enc.version)
+            frame = p.frame_payload(msg_type, payload, enc.next_seq, flags, enc.version)
             enc.next_seq = (enc.next_seq + 1) & 0xFFFFFFFF
             self.recorder.write(frame, direction=DIR_TX, t_us=t_us)
         except CaptureError as exc:
@@ -549,27 +562,47 @@ class HilServer:
     async def _sim_loop(self) -> None:
         self._reanchor()
         while True:
-            if self.sim_state is not p.SimState.RUNNING:
-                self.resumed.clear()
-                await self.resumed.wait()
-                self._reanchor()
-                continue
-            if self.speed > 0:
-                assert self._anchor is not None
-                wall0, t0_us = self._anchor
-                due = wall0 + (self.source.next_time_us - t0_us) / 1e6 / self.speed
-                if self.now() >= due:
-                    # Behind schedule (speed beyond what the CPU can step): catch up, but still yield, or
-                    # the sessions' readers and writers on this event loop would starve.
-                    await asyncio.sleep(0)
-                while (now := self.now()) < due:  # never early: timers may fire before their deadline
-                    await asyncio.sleep(due - now)
-                self.lateness_us.append((self.now() - due) * 1e6)
-            else:
-                await self._wait_for_slowest()
-                self._burst()
-                continue
+            try:
+                await self._iteration()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A failing step must not leave a server that accepts clients and streams nothing while
+                # its heartbeats say RUNNING: the stream stops, every client is told, the server stays up.
+                log.exception("stream stopped: the source failed", t_s=self.source.time_us / 1e6)
+                self.sim_state = p.SimState.STOPPED
+                for s in list(self.sessions.values()):
+                    if not s.closing:
+                        s.reply(p.Error(p.ErrorCode.INTERNAL, 0, "the simulation failed; see the server log"))
+
+    async def _iteration(self) -> None:
+        """Wait for the next tick's deadline (or, at speed 0, for room at every client), then tick. Any
+        control that changes the state, speed or time line wakes the wait, and the decision is made again."""
+        if self.sim_state is not p.SimState.RUNNING:
+            self.resumed.clear()
+            await self.resumed.wait()
+            self._reanchor()
+            return
+        if self.speed > 0:
+            assert self._anchor is not None
+            wall0, t0_us = self._anchor
+            due = wall0 + (self.source.next_time_us - t0_us) / 1e6 / self.speed
+            now = self.now()
+            if now < due:  # never early: decide again after the wait (timers may fire before their time)
+                self._replan.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._replan.wait(), due - now)
+                return
+            # Yield once per tick, behind schedule too, or the sessions' readers and writers would starve.
+            await asyncio.sleep(0)
+            if self.sim_state is not p.SimState.RUNNING or self._anchor != (wall0, t0_us):
+                return  # a control arrived during the yield
+            self.lateness_us.append((self.now() - due) * 1e6)
             self._step_once()
+        else:
+            await self._wait_for_slowest()
+            if self.sim_state is p.SimState.RUNNING and self.speed == 0:
+                self._burst()
 
     def _step_once(self) -> list[Session]:
         """One tick of the source, broadcast. Returns the sessions it went to."""
@@ -604,6 +637,8 @@ class HilServer:
     async def _wait_for_slowest(self) -> None:
         """Speed 0: step only when every streaming client has room (and at least one is streaming)."""
         while True:
+            if self.speed > 0 or self.sim_state is not p.SimState.RUNNING:
+                return
             streaming = self._streaming()
             if streaming and all(s.room.is_set() for s in streaming):
                 await asyncio.sleep(0)  # let readers and writers run between steps
@@ -628,7 +663,7 @@ class HilServer:
         default = int(self._default_mode)
         for item in tick.items:
             if self.recorder is not None:
-                self._record(item.msg_type, item.encoded())
+                self._record(item.msg_type, item.encoded(), item.flags)
             for s in sessions:
                 if item.step % s.divider or not s.wants(item, default):
                     continue
@@ -639,10 +674,11 @@ class HilServer:
                     if not keep.any():
                         continue
                     sub = p.CellStates(msg.t_sim_us, msg.t_wall_us, msg.step, msg.records[keep])
-                    s.push_payload(item.msg_type, p.encode_payload(sub), True, faults, tick.time_us)
+                    sub_payload = p.encode_payload(sub)
+                    s.push_payload(item.msg_type, sub_payload, True, faults, tick.time_us, item.flags)
                     continue
                 droppable = item.bit != BIT_EVENT
-                s.push_payload(item.msg_type, item.encoded(), droppable, faults, tick.time_us)
+                s.push_payload(item.msg_type, item.encoded(), droppable, faults, tick.time_us, item.flags)
         for s in sessions:
             if not s.transport.idle:
                 s.queue_telemetry(s.transport.release(tick.time_us, faults))
@@ -694,6 +730,12 @@ class HilServer:
         return [cell]
 
     def apply_control(self, msg: p.Control) -> int:
+        try:
+            return self._apply_control(msg)
+        finally:
+            self._wake_loop()  # whatever it changed, the pacing loop decides again
+
+    def _apply_control(self, msg: p.Control) -> int:
         cmd, state = msg.command, self.sim_state
         c = p.ControlCommand
         if cmd == c.PAUSE:
@@ -721,6 +763,13 @@ class HilServer:
         if cmd == c.SEEK:
             if msg.value < 0:
                 raise ControlRefusedError(p.ErrorCode.OUT_OF_RANGE, "seek target must be >= 0")
+            ahead_s = (msg.value - self.source.time_us) / 1e6
+            if ahead_s > self.config.max_seek_ahead_s:
+                raise ControlRefusedError(
+                    p.ErrorCode.OUT_OF_RANGE,
+                    f"seek at most {self.config.max_seek_ahead_s:g} s ahead (this is {ahead_s:.0f} s); "
+                    "run ahead with SET_SPEED instead",
+                )
             self.source.seek(msg.value)
             if self.sim_state is p.SimState.FINISHED:
                 self.sim_state = p.SimState.PAUSED
@@ -742,6 +791,10 @@ class HilServer:
     def _run(self) -> None:
         self.sim_state = p.SimState.RUNNING
         self.resumed.set()
+
+    def _wake_loop(self) -> None:
+        self._replan.set()
+        self.streaming_changed.set()
 
 
 def identity_for(scenario_path: Any, scenario_name: str, model_sha256: str, model_id: str) -> ServerIdentity:

@@ -46,7 +46,7 @@ class Item:
     scenario), or its encoded payload (a replay), which is then decoded only if a session needs the message
     itself (a cell filter on CELL_STATES): a replay passes most frames through without decoding them."""
 
-    __slots__ = ("_message", "bit", "cell", "eis_mode", "msg_type", "payload", "step")
+    __slots__ = ("_message", "bit", "cell", "eis_mode", "flags", "msg_type", "payload", "step")
 
     def __init__(
         self,
@@ -58,6 +58,7 @@ class Item:
         *,
         msg_type: int | None = None,
         step: int = 0,
+        flags: int = 0,
     ) -> None:
         self.bit = bit
         """Its ``SubscribeMask`` bit."""
@@ -76,6 +77,8 @@ class Item:
         self.msg_type = msg_type
         self.step = step
         """CELL_STATES: the simulation step (for each session's divider); 0 otherwise."""
+        self.flags = flags
+        """Frame header flags (``FrameFlags``: REPLAY, MEASURED)."""
 
     @property
     def message(self) -> p.Message:
@@ -160,9 +163,12 @@ def _state_records(out: StepOutput) -> npt.NDArray[np.void]:
     return records
 
 
-def step_messages(out: StepOutput, wall_us: int, wanted: int = p.SubscribeMask.ALL) -> Iterator[Item]:
+def step_messages(
+    out: StepOutput, wall_us: int, wanted: int = p.SubscribeMask.ALL, eis_flags: int = 0
+) -> Iterator[Item]:
     """The messages of what one engine step produces, only of the kinds in ``wanted``: a spectrum costs a
-    Lin-KK fit (0.35 ms), not worth paying when no client subscribes to it."""
+    Lin-KK fit (0.35 ms), not worth paying when no client subscribes to it. ``eis_flags``: frame flags of
+    the spectra and points (MEASURED when they come from measured data)."""
     n = out.reported.voltage_v.size if wanted & BIT_STATES else 0
     if n:
         records = _state_records(out)
@@ -203,6 +209,7 @@ def step_messages(out: StepOutput, wall_us: int, wanted: int = p.SubscribeMask.A
                         float(z.imag),
                     ),
                     cell,
+                    flags=eis_flags,
                 )
 
     for sp in out.spectra if wanted & p.SubscribeMask.EIS_SPECTRUM else ():
@@ -228,6 +235,7 @@ def step_messages(out: StepOutput, wall_us: int, wanted: int = p.SubscribeMask.A
                 ),
                 cell,
                 SWEEP if sp.sweep_duration_us else INSTANT,
+                flags=eis_flags,
             )
 
 
@@ -251,6 +259,8 @@ class EngineSource:
         self.server_version = server_version
         self.n_cells = engine.n_cells
         self.freq_hz = engine.freq_hz
+        self._modes = engine.eis_modes
+        self._eis_flags = int(p.FrameFlags.MEASURED) if engine.scenario.eis.measured is not None else 0
 
     @property
     def time_us(self) -> int:
@@ -280,17 +290,20 @@ class EngineSource:
         out = self.engine.step()
         return Tick(
             out.time_us,
-            step_messages(out, wall_us, wanted),
+            step_messages(out, wall_us, wanted, self._eis_flags),
             out.stream_faults,
             out.finished and not out.spectra and not out.points,
         )
 
     def set_eis_modes(self, modes: frozenset[int]) -> None:
         names = frozenset(_MODE_NAMES[m] for m in modes if m in _MODE_NAMES)
-        self.engine.eis_modes = names or frozenset({self.engine.scenario.eis.mode})
+        self._modes = names or frozenset({self.engine.scenario.eis.mode})
+        self.engine.set_eis_modes(self._modes)
 
     def seek(self, time_us: int) -> None:
+        """Seeking back replays the modes in force then; from the target on, the clients' modes apply."""
         self.engine.seek(time_us / 1e6)
+        self.engine.set_eis_modes(self._modes)
 
     def control(self, msg: p.Control, cells: list[int] | None) -> int:
         cmd, e, c = msg.command, self.engine, p.ControlCommand
@@ -314,7 +327,12 @@ class EngineSource:
                 ) from None
             if not 0 <= msg.value <= 1_000_000:
                 raise ControlRefusedError(p.ErrorCode.OUT_OF_RANGE, "severity must be 0..1000000 ppm")
-            return e.inject_fault(kind, cells, msg.value / 1e6, msg.aux / 1e3 if msg.aux else None)
+            try:
+                return e.inject_fault(kind, cells, msg.value / 1e6, msg.aux / 1e3 if msg.aux else None)
+            except ValueError as exc:  # a parameter a CONTROL frame cannot carry
+                raise ControlRefusedError(
+                    p.ErrorCode.OUT_OF_RANGE, f"{exc}: inject it from a scenario file instead"
+                ) from None
         if cmd == c.CLEAR_FAULT:
             return e.clear_fault(msg.aux)
         if cmd == c.REQUEST_SPECTRUM:

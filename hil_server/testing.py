@@ -50,7 +50,13 @@ async def start_server(
         info = hello_meta(hello, recorder="eis-hil serve --record", scenario_path=str(scenario))
         recorder = CaptureWriter(record, info)
     server = HilServer(engine, identity, cfg, recorder=recorder)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:  # e.g. the port is taken: no half-made capture left to block the next try
+        if recorder is not None:
+            recorder.close()
+            recorder.path.unlink(missing_ok=True)
+        raise
     return server
 
 

@@ -93,7 +93,10 @@ async def test_measured_spectra_reach_a_client(tmp_path: Path) -> None:
     _write_campaign(tmp_path / "lab.csv", [0.2, 0.8])
     async with loopback(_scenario(tmp_path)) as (_, client):
         await client.subscribe(mask=p.SubscribeMask.EIS_SPECTRUM)
-        spectrum = await client.next_message(p.EisSpectrum, timeout=10)
+        while not isinstance((frame := await client.next_frame(timeout=10)).message, p.EisSpectrum):
+            pass
+        spectrum = frame.message
+        assert frame.flags & p.FrameFlags.MEASURED  # a BMS can tell measured data from model output
     assert spectrum.freq_hz.size == 41  # the grid points inside the measured band
     np.testing.assert_allclose(
         spectrum.z_re_ohm[np.isclose(spectrum.freq_hz, 10.0)],

@@ -54,7 +54,9 @@ async def test_recorded_session_replays_frame_for_frame(tmp_path: Path) -> None:
         assert client.hello.scenario_id == "fault_showcase"
         assert client.hello.cell_count == 12
         await client.subscribe(mask=p.SubscribeMask.CELL_STATES)
-        again = [await client.next_message(p.CellStates, timeout=5) for _ in range(len(live))]
+        frames = [await client.next_frame(timeout=5) for _ in range(len(live) + 1)]
+        again = [f.message for f in frames if isinstance(f.message, p.CellStates)][: len(live)]
+        assert all(f.flags & p.FrameFlags.REPLAY for f in frames if isinstance(f.message, p.CellStates))
     finally:
         await client.close()
         await server.stop()
@@ -140,6 +142,13 @@ def test_timing_skip_loop_gaps_and_seek(tmp_path: Path) -> None:
     src = ReplaySource(path)
     src.seek(150_000)
     assert _ticks(src, 1) == [(200_000, 2)]
+    # a seek into the pause between two passes lands on the next pass, not back on the last frame
+    src = ReplaySource(path, max_gap_s=1.0, loop=2)
+    src.seek(1_350_000)  # the first pass ends at 1.3 s, the second starts at 1.4 s
+    assert src.time_us <= 1_400_000
+    assert _ticks(src, 1) == [(1_400_000, 0)]
+    with pytest.raises(ValueError, match="max-gap"):
+        ReplaySource(path, max_gap_s=0)
 
 
 def test_last_tick_finishes_the_stream(tmp_path: Path) -> None:
@@ -265,3 +274,14 @@ def test_serve_record_then_replay_commands(tmp_path: Path) -> None:
     assert [s.step for s in again] == list(range(again[0].step, again[0].step + 20))
     assert again[0].step == 1  # the recording starts at the first step
     assert live[0].records.dtype == again[0].records.dtype
+
+
+@pytest.mark.asyncio
+async def test_a_record_that_cannot_start_leaves_no_capture(tmp_path: Path) -> None:
+    path = tmp_path / "x.ehc"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError, match="address already in use"):
+            await start_server(FAULTS, record=path, port=taken.getsockname()[1])
+    assert not path.exists()

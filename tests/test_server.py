@@ -6,6 +6,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -301,6 +302,9 @@ async def test_every_control_command() -> None:
         bad = await client.control(p.Control(c.SEEK, value=-1))
         assert isinstance(bad, p.Nak)
         assert bad.code == p.ErrorCode.OUT_OF_RANGE
+        far = await client.control(p.Control.seek(2 * 86_400_000_000))  # two days ahead
+        assert isinstance(far, p.Nak)
+        assert "ahead" in far.message
 
 
 @pytest.mark.asyncio
@@ -478,3 +482,55 @@ def test_cell_state_records_are_scaled_and_clipped_to_the_wire_ranges() -> None:
     assert isinstance(item.message, p.CellStates)
     assert item.message.records[0]["voltage_uV"] == 3_712_346
     assert item.message.records[0]["temperature_mdegC"] == 25_000
+
+
+@pytest.mark.asyncio
+async def test_a_fault_that_needs_parameters_a_control_cannot_carry_is_refused() -> None:
+    """ACCELERATED_HEATING has no default heat: accepting it would fail the next step (and the stream)."""
+    async with loopback(US06) as (server, client):
+        await client.subscribe(mask=p.SubscribeMask.CELL_STATES)
+        nak = await client.control(p.Control.inject_fault(p.FaultKind.ACCELERATED_HEATING))
+        assert isinstance(nak, p.Nak)
+        assert nak.code == p.ErrorCode.OUT_OF_RANGE
+        assert "extra_heat_w" in nak.message
+        first = await client.next_message(p.CellStates, timeout=5)
+        later = await client.next_message(p.CellStates, timeout=5)
+        assert later.step > first.step  # still streaming
+        assert server.sim_state is p.SimState.RUNNING
+
+
+@pytest.mark.asyncio
+async def test_a_failing_step_stops_the_stream_and_tells_the_clients() -> None:
+    async with loopback(US06) as (server, client):
+        await client.subscribe(mask=p.SubscribeMask.CELL_STATES)
+        await client.next_message(p.CellStates, timeout=5)
+
+        def broken(wanted: int, wall_us: int) -> Any:
+            raise RuntimeError("boom")
+
+        server.source.tick = broken  # type: ignore[method-assign]
+        error = await client.next_message(p.Error, timeout=5)
+        assert error.code == p.ErrorCode.INTERNAL
+        assert server.sim_state is p.SimState.STOPPED
+        assert isinstance(await client.control(p.Control(p.ControlCommand.PAUSE)), p.Nak)  # still answers
+
+
+@pytest.mark.asyncio
+async def test_nothing_is_answered_after_bye_even_from_the_same_read() -> None:
+    server = await start_server(US06)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        enc = p.FrameEncoder()
+        bad_hello = p.ClientHello(7, 9, bytes(p.AUTH_RESPONSE_SIZE), "future")  # no common version
+        more = p.Subscribe(p.SubscribeMask.ALL, 1, 0, np.zeros(0, np.uint16))
+        writer.write(enc.encode(bad_hello) + enc.encode(more) + enc.encode(p.Control(p.ControlCommand.PAUSE)))
+        decoder = p.FrameDecoder()
+        decoder.feed(await asyncio.wait_for(reader.read(1 << 16), 5))
+        while chunk := await asyncio.wait_for(reader.read(1 << 16), 5):
+            decoder.feed(chunk)
+        kinds = [type(f.message).__name__ for f in decoder.events() if isinstance(f, p.Frame)]
+        assert kinds == ["ServerHello", "Error", "Bye"]
+        assert server.sim_state is p.SimState.RUNNING  # the PAUSE after the BYE was not carried out
+        writer.close()
+    finally:
+        await server.stop()

@@ -494,6 +494,7 @@ def test_bundled_scenarios_run(path: Path) -> None:
     [
         (100.0, 200.0, 400),  # from the checkpoint at 60 s, across the rest -> drive boundary at 120 s
         (330.0, 400.0, 300),  # from the checkpoint at 300 s, which holds the fault injected at 300 s
+        (300.0, 400.0, 600),  # exactly at that checkpoint: its control is forgotten, so from 240 s
     ],
 )
 def test_seek_back_restarts_from_a_checkpoint_and_matches_a_straight_run(

@@ -30,7 +30,9 @@ from hil_server.scenario import (
     Soh,
     Sweep,
     Until,
+    kind_name,
 )
+from hil_server.scenario._faults import SIGNAL_UNIT, UNIT_PARAM_PREFIX
 from protocol import CellFlags, FaultKind
 from protocol._constants import FaultPhase
 
@@ -107,6 +109,9 @@ class _ActiveSegment:
 class _SweepRun:
     cells: I64
     ids: I64
+    rows: I64
+    """Measured spectra: the row of each cell for the whole sweep (an instant spectrum of the same cell
+    during the sweep picks its own)."""
     start_s: float
     done_s: F64
     """(F,) completion time of each point."""
@@ -126,6 +131,8 @@ class _Control:
 CHECKPOINT_S = 60.0
 """Simulated time between checkpoints of the engine state (for seeking back), at first."""
 MAX_CHECKPOINTS = 64
+CHECKPOINT_BYTES = 256 << 20
+"""Memory the checkpoints may take, roughly (4096 cells x 337 points keep 5 of them)."""
 
 
 class _MeasuredBank:
@@ -209,6 +216,10 @@ class Engine:
         """Everything ``_reset`` sets: the state a checkpoint saves (the timeline as a position)."""
         self._checkpoints: list[tuple[int, dict[str, object]]] = []
         self._checkpoint_every = max(1, round(CHECKPOINT_S * scenario.step_rate_hz))
+        # about the size of one checkpoint: the last impedance of every cell and point dominates large packs
+        self._max_checkpoints = max(
+            4, min(MAX_CHECKPOINTS, CHECKPOINT_BYTES // (2 * self._last_z.nbytes + 1))
+        )
 
     # ----------------------------------------------------------------------------------------- state
     def _reset(self) -> None:
@@ -246,8 +257,6 @@ class Engine:
         self._pending = np.zeros((2, n), dtype=bool)
         """Requested spectra not yet started, per output mode: row 0 instant, row 1 sweep-timed."""
         self._spectrum_counter = np.zeros(n, dtype=np.int64)
-        self._measured_row = np.zeros(n, dtype=np.int64)
-        """Measured spectra: the row each cell's current spectrum comes from."""
         self._measured_next = np.zeros(n, dtype=np.int64)
         """Measured spectra, ``sequence``: each cell's next row."""
         self._sweeping = np.zeros(n, dtype=bool)
@@ -333,6 +342,13 @@ class Engine:
         self._record("set_ambient", temp_c)
         self._ambient_override = temp_c
 
+    def set_eis_modes(self, modes: frozenset[str]) -> None:
+        """Which EIS outputs to produce from the next step on (``instant``, ``sweep``); recorded like a
+        control, so a seek back replays the modes in force at each time."""
+        if modes != self.eis_modes:
+            self._record("set_eis_modes", modes)
+            self.eis_modes = modes
+
     def request_spectrum(self, cells: Sequence[int] | None = None) -> int:
         """Asks for a spectrum of ``cells`` (None = all) at the next step; returns the (first) spectrum id."""
         self._record("request_spectrum", None if cells is None else tuple(cells))
@@ -349,14 +365,21 @@ class Engine:
         params: Mapping[str, float | int | str] | None = None,
     ) -> int:
         """Starts a fault at the next step (kind-specific parameters default as in a scenario file); returns
-        its id. ``cells`` None = all cells (ignored for stream faults)."""
-        self._record(
-            "inject_fault", kind, None if cells is None else tuple(cells), severity, duration_s, params
-        )
+        its id. ``cells`` None = all cells (ignored for stream faults). ValueError if a parameter without a
+        default is missing (nothing is recorded then)."""
         defaults = {
             key: spec.default for key, spec in SCENARIO_FAULT_PARAMS[kind].items() if spec.default is not None
         }
         merged: dict[str, float | int | str] = {**defaults, **(params or {})}
+        missing = [key for key in SCENARIO_FAULT_PARAMS[kind] if key not in merged]
+        if kind in UNIT_PARAM_PREFIX:
+            unit_key = f"{UNIT_PARAM_PREFIX[kind]}_{SIGNAL_UNIT[str(merged['signal'])]}"
+            missing += [] if unit_key in merged else [unit_key]
+        if missing:
+            raise ValueError(f"{kind_name(kind)} needs {', '.join(missing)}, which has no default")
+        self._record(
+            "inject_fault", kind, None if cells is None else tuple(cells), severity, duration_s, params
+        )
         self._injected_count += 1
         fid = INJECTED_ID_BASE + self._injected_count
         seed = int(np.random.SeedSequence([self.seed, fid]).generate_state(1, np.uint64)[0])
@@ -402,7 +425,8 @@ class Engine:
         target = max(0, round(time_s * self.scenario.step_rate_hz))
         if target < self._k:
             self._controls = [c for c in self._controls if c.step < target]
-            self._checkpoints = [cp for cp in self._checkpoints if cp[0] <= target]
+            # a checkpoint holds the controls of its own step, which are forgotten if it is the target's
+            self._checkpoints = [cp for cp in self._checkpoints if cp[0] < target]
             start = self._restore_checkpoint()
             self._replaying = True
             try:
@@ -422,8 +446,11 @@ class Engine:
         """Saves the state at the start of a step (after that step's controls), at most ``MAX_CHECKPOINTS``:
         when full, every other one goes and the interval doubles, so they always span the whole run."""
         state = {k: self.__dict__[k] for k in self._state_keys}
-        self._checkpoints.append((self._k, copy.deepcopy(state, {id(self.scenario): self.scenario})))
-        if len(self._checkpoints) > MAX_CHECKPOINTS:
+        memo: dict[int, object] = {id(self.scenario): self.scenario}
+        if self._active is not None:  # its segment (a drive cycle may hold a million rows) is immutable
+            memo[id(self._active.seg)] = self._active.seg
+        self._checkpoints.append((self._k, copy.deepcopy(state, memo)))
+        if len(self._checkpoints) > self._max_checkpoints:
             self._checkpoints = self._checkpoints[::2]
             self._checkpoint_every *= 2
 
@@ -865,25 +892,27 @@ class Engine:
         )
 
     # ------------------------------------------------------------------------------------------- EIS
-    def _true_z(self, cells: I64, points: I64) -> C128:
+    def _true_z(self, cells: I64, points: I64, rows: I64 | None = None) -> C128:
         """The cells' impedance at the grid points ``points``: the model's at the operating point, or the
-        measured spectrum chosen for each cell when its spectrum started (NaN outside its band)."""
+        measured spectra ``rows`` chosen when the spectrum started (NaN outside their band)."""
         if self._measured is not None:
-            return self._measured.z[self._measured_row[cells]][:, points]
+            assert rows is not None
+            return self._measured.z[rows][:, points]
         params = self._cell_params(cells, self.soc[cells], self.temp_c[cells], self.soh[cells], self.time_s)
         return impedance(params, self.freq_hz[points][None, :])
 
-    def _start_spectrum(self, cells: I64) -> None:
-        """A spectrum of ``cells`` starts: count it, and pick the measured spectra it will report."""
+    def _start_spectrum(self, cells: I64) -> I64 | None:
+        """A spectrum of ``cells`` starts: count it; returns the measured spectra it will report (None: the
+        model's)."""
         self._spectrum_counter[cells] += 1
         bank = self._measured
         if bank is None:
-            return
+            return None
         if bank.select == "nearest":
-            self._measured_row[cells] = bank.nearest(self.soc[cells], self.temp_c[cells], self.soh[cells])
-        else:
-            self._measured_row[cells] = self._measured_next[cells] % len(bank)
-            self._measured_next[cells] += 1
+            return bank.nearest(self.soc[cells], self.temp_c[cells], self.soh[cells])
+        rows = self._measured_next[cells] % len(bank)
+        self._measured_next[cells] += 1
+        return rows
 
     def _measure(self, cells: I64, z: C128, point_index: I64, now_s: float) -> tuple[C128, Bool]:
         dropped = ~np.isfinite(z)  # a measured spectrum that does not reach a grid frequency
@@ -911,8 +940,8 @@ class Engine:
         all_points = np.arange(n_f)
         if "instant" in self.eis_modes and self._pending[0].any():
             cells = np.flatnonzero(self._pending[0])
-            self._start_spectrum(cells)
-            z = self._true_z(cells, all_points)
+            rows = self._start_spectrum(cells)
+            z = self._true_z(cells, all_points, rows)
             rep, dropped = self._measure(cells, z, all_points, now_s)
             spectra.append(
                 self._spectrum(cells, self._spectrum_counter[cells].copy(), z, rep, dropped, 0, flags)
@@ -925,13 +954,14 @@ class Engine:
             cells = np.flatnonzero(start)
             self._pending[1, cells] = False
             self._sweeping[cells] = True
-            self._start_spectrum(cells)
+            rows = self._start_spectrum(cells)
             eis = self.scenario.eis
             durations = eis.periods_per_point / self.freq_hz + eis.settle_s
             self._sweeps.append(
                 _SweepRun(
                     cells=cells,
                     ids=self._spectrum_counter[cells].copy(),
+                    rows=np.zeros(cells.size, np.int64) if rows is None else rows,
                     start_s=now_s,
                     done_s=now_s + np.cumsum(durations),
                     z_true=np.full((cells.size, n_f), np.nan + 0j),
@@ -946,7 +976,7 @@ class Engine:
                 # every point finished during this step is measured at the current operating point, so the
                 # operating point drifts along the sweep exactly as on a real instrument
                 idx = np.arange(run.next_point, last)
-                z = self._true_z(run.cells, idx)
+                z = self._true_z(run.cells, idx, run.rows)
                 rep, dropped = self._measure(run.cells, z, idx, now_s)
                 run.z_true[:, idx] = z
                 run.z_rep[:, idx] = rep
