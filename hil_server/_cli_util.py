@@ -34,14 +34,28 @@ def add_event_loop_arg(parser: argparse.ArgumentParser) -> None:
 def read_secret(args: argparse.Namespace) -> bytes | None:
     """The shared secret of ``--secret-file`` (stripped) or ``--secret-env``; None if neither was given."""
     if getattr(args, "secret_file", None):
-        return Path(args.secret_file).read_bytes().strip()
+        try:
+            return Path(args.secret_file).read_bytes().strip()
+        except OSError as exc:
+            raise OSError(f"cannot read the secret file {args.secret_file}: {exc.strerror or exc}") from None
     env = getattr(args, "secret_env", None)
     if env:
         value = os.environ.get(env)
         if value is None:
-            raise ValueError(f"environment variable {env} is not set")
+            raise ValueError(f"environment variable {env} (--secret-env) is not set")
         return value.encode()
     return None
+
+
+def cell_index(text: str) -> int:
+    """argparse type of a cell number (u16 on the wire; 0xFFFF means all cells)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a cell number") from None
+    if not 0 <= value < 0xFFFF:
+        raise argparse.ArgumentTypeError(f"cell {value} is outside 0..65534")
+    return value
 
 
 class StatusLine:

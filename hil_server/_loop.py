@@ -1,5 +1,5 @@
 """Which asyncio event loop the long-running commands use: uvloop when installed (lower per-send overhead,
-faster timers), else the default loop. ``--loop`` on the command line overrides the choice."""
+faster timers), else the default loop. ``--event-loop`` on the command line overrides the choice."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop] 
     except ImportError:
         if name == "uvloop":
             raise ValueError(
-                "uvloop is not installed: pip install 'eis-hil[fast]' or use --loop asyncio"
+                "uvloop is not installed: pip install 'eis-hil[fast]' or use --event-loop asyncio"
             ) from None
         return None
     return uvloop.new_event_loop

@@ -26,7 +26,7 @@ import structlog
 
 import protocol as p
 
-from ._cli_util import StatusLine, read_secret
+from ._cli_util import StatusLine, cell_index, read_secret
 from .capture import DIR_RX, DIR_TX, CaptureError, CaptureWriter, hello_meta
 
 if TYPE_CHECKING:
@@ -310,6 +310,11 @@ async def _record(args: argparse.Namespace) -> int:
     if reason == "connection lost":
         log.error("record", error="the server closed the connection without BYE; what arrived is recorded")
         return 1
+    bye = client.bye
+    if bye is not None and bye.reason not in (p.ErrorCode.NONE, p.ErrorCode.SHUTDOWN):
+        # cut off (too slow, silent, ...): the capture is incomplete, and a CI job must not pass on it
+        log.error("record", error=f"the server ended the session: {bye.message}", reason=bye.reason)
+        return 1
     return 0
 
 
@@ -353,7 +358,7 @@ def register(subparsers: Any) -> None:
     rec.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     rec.add_argument("--seconds", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     rec.add_argument("--count", type=int, help="stop after this many frames received")
-    rec.add_argument("--cells", type=int, nargs="*", help="cells to subscribe (default all)")
+    rec.add_argument("--cells", type=cell_index, nargs="*", help="cells to subscribe (default all)")
     rec.add_argument("--divider", type=int, default=1, help="every n-th cell-state step")
     rec.add_argument("--name", default="eis-hil-record", help="client name sent to the server")
     secret = rec.add_mutually_exclusive_group()
@@ -367,7 +372,7 @@ def register(subparsers: Any) -> None:
     exp.add_argument("file", help="capture file")
     exp.add_argument("--out", required=True, help="output directory (created)")
     exp.add_argument("--csv-only", action="store_true", help="no plots")
-    exp.add_argument("--cells", type=int, nargs="*", help="export only these cells (default all)")
+    exp.add_argument("--cells", type=cell_index, nargs="*", help="export only these cells (default all)")
     exp.add_argument(
         "--plot-cells",
         type=int,

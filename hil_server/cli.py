@@ -135,7 +135,11 @@ def _scenario_command(command: str, body: Callable[[], int]) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    return _scenario_command("serve", lambda: run_loop(_serve(args, Path(args.scenario)), args.event_loop))
+    try:
+        serving = _serve(args, Path(args.scenario))
+        return _scenario_command("serve", lambda: run_loop(serving, args.event_loop))
+    except KeyboardInterrupt:  # Ctrl-C while the model loads, before the signal handlers are installed
+        return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

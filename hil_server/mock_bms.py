@@ -28,7 +28,6 @@ import collections
 import dataclasses
 import json
 import math
-import os
 import shutil
 import signal
 import sys
@@ -43,6 +42,7 @@ import structlog
 
 import protocol as p
 
+from ._cli_util import read_secret
 from .client import ClientError, HilClient
 from .frame_text import describe, describe_message
 
@@ -602,7 +602,6 @@ class MonitorClient(HilClient):
         self.hello_frame: tuple[float, p.Frame] | None = None
 
     def _dispatch(self, frame: p.Frame) -> None:
-        self.seq.see(frame.seq)
         before = self.frames.qsize()
         super()._dispatch(frame)
         if self.frames.qsize() == before:  # a reply taken by the request that awaited it
@@ -616,6 +615,9 @@ class MonitorClient(HilClient):
             self.frames.put_nowait(None)
             return None
         self.last_rx_wall = self.rx_wall.popleft()
+        # sequence accounting on what is consumed, not on what was read ahead: the summary then describes
+        # exactly the frames shown or written (a --count run reads a few frames past its last)
+        self.seq.see(item.seq)
         if self.hello_frame is None and isinstance(item.message, p.ServerHello):
             self.hello_frame = (self.last_rx_wall, item)
         return item
@@ -921,20 +923,6 @@ async def _consume(
 
 
 # -- command line -----------------------------------------------------------------------------------------
-
-
-def read_secret(args: argparse.Namespace) -> bytes | None:
-    if args.secret_file:
-        try:
-            return Path(args.secret_file).read_bytes().strip()
-        except OSError as exc:
-            raise OSError(f"cannot read the secret file {args.secret_file}: {exc.strerror or exc}") from None
-    if args.secret_env:
-        value = os.environ.get(args.secret_env)
-        if value is None:
-            raise ValueError(f"environment variable {args.secret_env} (--secret-env) is not set")
-        return value.encode()
-    return None
 
 
 def _labelled_control(text: str) -> tuple[str, p.Control]:

@@ -40,6 +40,8 @@ import structlog
 
 import protocol as p
 
+from ._cli_util import cell_index, read_secret
+
 if TYPE_CHECKING:
     from .client import HilClient
     from .server import HilServer
@@ -539,6 +541,8 @@ class DeviceSession:
                 p.SimState(msg.sim_state) if msg.sim_state in tuple(p.SimState) else self.sim_state
             )
             self.upstream_dropped = msg.frames_dropped
+        elif isinstance(msg, p.Error):
+            self.log.warning("upstream error", code=msg.code, ref_seq=msg.ref_seq, message=msg.message)
 
     # -- from the device -----------------------------------------------------------------------------------
     def feed(self, data: bytes, now: float) -> list[Forward]:
@@ -1126,7 +1130,7 @@ def register(subparsers: Any) -> None:
         "server's speed, for the line budget (default 1)",
     )
     sp.add_argument("--seed", type=int, help="with --scenario: seed (default: the scenario's)")
-    sp.add_argument("--cells", type=int, nargs="+", help="cells to serve (default: all)")
+    sp.add_argument("--cells", type=cell_index, nargs="+", help="cells to serve (default: all)")
     sp.add_argument("--divider", type=int, default=1, help="send every n-th step's states (default 1)")
     sp.add_argument("--format", choices=[f.value for f in OutputFormat], default="protocol")
     sp.add_argument("--secret-file", help="shared secret for an upstream server that requires it")
@@ -1156,6 +1160,8 @@ def cmd_serial_bridge(args: argparse.Namespace) -> int:
     except BridgeError as exc:
         log.error("serial-bridge", error=str(exc))
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C while the model loads, before the signal handlers are installed
+        return EXIT_OK
 
 
 async def _main(args: argparse.Namespace, opener: Opener = open_serial) -> int:
@@ -1165,7 +1171,10 @@ async def _main(args: argparse.Namespace, opener: Opener = open_serial) -> int:
         raise BridgeError(f"--divider {args.divider}: expected 1..65535")
     if args.baud <= 0:
         raise BridgeError(f"--baud {args.baud}: expected a positive line rate, e.g. 115200")
-    secret = Path(args.secret_file).read_bytes().strip() if args.secret_file else None
+    try:
+        secret = read_secret(args)
+    except (OSError, ValueError) as exc:
+        raise BridgeError(str(exc)) from None
     server: HilServer | None = None
     eis_interval: float | None = args.eis_interval
     sweep = False

@@ -113,6 +113,7 @@ async def test_measured_spectra_reach_a_client(tmp_path: Path) -> None:
         ("../lab.csv", None, "leaves the scenario's directory"),
         ("missing.csv", None, "file not found"),
         ("lab.csv", "spectrum_id,soc,temp_c,soh,freq_hz,z_re_ohm,z_im_ohm\ns0,0.5,25,0.9,abc,1,0\n", "abc"),
+        ("latin1.csv", "spectrum_id,soc\n\xe9\xff\xfe\n", "not a UTF-8 CSV file"),
     ],
 )
 def test_bad_measured_files_get_precise_errors(
@@ -121,11 +122,11 @@ def test_bad_measured_files_get_precise_errors(
     sub = tmp_path / "sc"
     sub.mkdir()
     if content is not None:
-        (sub / file).write_text(content, encoding="utf-8")
+        (sub / file).write_bytes(content.encode("latin-1"))
     with pytest.raises(ScenarioError) as err:
         load_scenario(_scenario(sub, file=file))
     text = "\n".join(str(e) for e in err.value.errors)
     assert message in text
     assert "eis.measured.file" in text
-    if content is not None:
+    if content is not None and file == "lab.csv":
         assert f"{sub / file}:2" in text  # the CSV's own file and line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import math
 import os
@@ -51,6 +52,8 @@ from ._model import (
 from ._reader import Range, Reader, join, line_of, shown, suggest
 from ._yaml import RefusedError, compose, read_limited
 
+MAX_MEASURED_BYTES = 64 << 20
+"""Largest measured-spectra CSV a scenario may name (about 800 000 points)."""
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 """Same rule as hil_server.model.profiles.NAME_RE, used for scenario names, profiles and labels."""
 MAX_CELLS = 4096
@@ -281,7 +284,16 @@ class _Builder:
         from hil_server.eis_data import EisDataError, read_generic_csv
 
         try:
+            size = file.stat().st_size if file.is_file() else 0
+            if size > MAX_MEASURED_BYTES:
+                r.error(
+                    m["file"], "eis.measured.file", f"{file}: {size} bytes, more than {MAX_MEASURED_BYTES}"
+                )
+                return None
             spectra = tuple(read_generic_csv(file, source="measured"))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            r.error(m["file"], "eis.measured.file", f"{file}: not a UTF-8 CSV file ({exc})")
+            return None
         except EisDataError as exc:
             if exc.line is None:
                 r.error(m["file"], "eis.measured.file", str(exc))
