@@ -302,7 +302,10 @@ class EngineSource:
 
     def seek(self, time_us: int) -> None:
         """Seeking back replays the modes in force then; from the target on, the clients' modes apply."""
-        self.engine.seek(time_us / 1e6)
+        try:
+            self.engine.seek(time_us / 1e6)
+        except ValueError as exc:
+            raise ControlRefusedError(p.ErrorCode.OUT_OF_RANGE, str(exc)[:200]) from None
         self.engine.set_eis_modes(self._modes)
 
     def control(self, msg: p.Control, cells: list[int] | None) -> int:

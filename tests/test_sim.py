@@ -555,3 +555,38 @@ def test_ended_faults_are_dropped_after_their_end_event(tmp_path: Path) -> None:
             ends += sum(e.phase == FaultPhase.END for e in out.fault_events)
     assert ends == 200
     assert len(eng._faults) <= 1
+
+
+def test_control_history_is_bounded_and_seek_back_refused_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client sending controls for days must not grow memory without bound: the older half of the
+    history goes, a seek back before what can still be rebuilt exactly is refused with a reason, and a seek
+    back after it still lands exactly where a straight run is."""
+    import hil_server.sim.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "MAX_CONTROLS", 100)
+    body = BIG + "timeline:\n  - rest: {duration_s: 10000}\n"
+
+    def run(eng: Engine, seconds: int) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for i in range(seconds):  # one control per simulated second
+            eng.set_ambient(20.0 + 5 * (i % 7))
+            out.update({o.time_us: o.true.temp_c.tobytes() for o in eng.run(eng.time_s + 1.0)})
+        return out
+
+    eng = Engine(scenario(tmp_path, body), FixedCircuitSource())
+    run(eng, 300)
+    assert len(eng._controls) <= 100
+    with pytest.raises(ValueError, match="cannot seek back before"):
+        eng.seek(10)
+    earliest = eng._history_from_k / 10
+    assert 0 < earliest < 300
+    target = int(earliest) + 20
+    straight = Engine(scenario(tmp_path, body), FixedCircuitSource())
+    run(straight, target)  # the controls before the target, as the seek keeps them; none after
+    ref = {o.time_us: o.true.temp_c.tobytes() for o in straight.run(target + 10)}
+    eng.seek(target)
+    again = {o.time_us: o.true.temp_c.tobytes() for o in eng.run(target + 10)}
+    assert len(again) == 100
+    assert again == ref

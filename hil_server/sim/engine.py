@@ -131,6 +131,8 @@ class _Control:
 CHECKPOINT_S = 60.0
 """Simulated time between checkpoints of the engine state (for seeking back), at first."""
 MAX_CHECKPOINTS = 64
+MAX_CONTROLS = 100_000
+"""Recorded controls kept for seeking back (about 20 MB); beyond it the older half goes."""
 CHECKPOINT_BYTES = 256 << 20
 """Memory the checkpoints may take, roughly (4096 cells x 337 points keep 5 of them)."""
 
@@ -215,6 +217,9 @@ class Engine:
         self._state_keys = tuple(k for k in self.__dict__ if k not in before and k != "_timeline")
         """Everything ``_reset`` sets: the state a checkpoint saves (the timeline as a position)."""
         self._checkpoints: list[tuple[int, dict[str, object]]] = []
+        self._history_from_k = 0
+        self._force_checkpoint = False
+        """The earliest step a seek back can reach (0 until the control history is shortened)."""
         self._checkpoint_every = max(1, round(CHECKPOINT_S * scenario.step_rate_hz))
         # about the size of one checkpoint: the last impedance of every cell and point dominates large packs
         self._max_checkpoints = max(
@@ -330,6 +335,23 @@ class Engine:
     def _record(self, name: str, *args: object) -> None:
         if not self._replaying:
             self._controls.append(_Control(self._k, name, args))
+            if len(self._controls) > MAX_CONTROLS:
+                self._forget_history()
+
+    def _forget_history(self) -> None:
+        """Keep the newer half of the control history (a client sending controls for days must not grow
+        memory without bound). Seeking back is then possible to the first checkpoint taken at or after the
+        oldest control kept, not before: from an older state the dropped controls would be missing."""
+        self._controls = self._controls[len(self._controls) // 2 :]
+        first = self._controls[0].step
+        self._checkpoints = [cp for cp in self._checkpoints if cp[0] >= first]
+        if self._checkpoints:
+            self._history_from_k = self._checkpoints[0][0]
+        else:  # no state to rebuild from: the next step's start becomes one
+            self._history_from_k = self._k
+            self._force_checkpoint = True
+        earliest_s = self._history_from_k / self.scenario.step_rate_hz
+        log.info("control history shortened", seek_back_to_s=earliest_s)
 
     def set_load_current(self, current_a: float | None, cells: Sequence[int] | None = None) -> None:
         """Overrides the scenario's load on ``cells`` (None = all); ``None`` releases the override."""
@@ -423,6 +445,12 @@ class Engine:
         the target (t = 0 if none) and replays the recorded controls issued before the target (later ones
         are forgotten); forwards simply runs on. The result is the same as running straight there."""
         target = max(0, round(time_s * self.scenario.step_rate_hz))
+        if target < self._history_from_k:
+            earliest = self._history_from_k / self.scenario.step_rate_hz
+            raise ValueError(
+                f"cannot seek back before {earliest:g} s: more than {MAX_CONTROLS} controls were received, "
+                "and the older ones (needed to rebuild earlier states) were dropped"
+            )
         if target < self._k:
             self._controls = [c for c in self._controls if c.step < target]
             # a checkpoint holds the controls of its own step, which are forgotten if it is the target's
@@ -482,7 +510,9 @@ class Engine:
 
     def _advance(self) -> StepOutput:
         k = self._k
-        if k and k % self._checkpoint_every == 0 and (not self._checkpoints or self._checkpoints[-1][0] < k):
+        due = k % self._checkpoint_every == 0 or self._force_checkpoint
+        if k and due and (not self._checkpoints or self._checkpoints[-1][0] < k):
+            self._force_checkpoint = False
             self._checkpoint()
         t0 = self.time_s
         self._advance_timeline(t0)
