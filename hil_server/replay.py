@@ -211,6 +211,10 @@ class ReplaySource:
         self._index = min(i, len(self._groups) - 1)
         self._time_us = min(time_us, self.next_time_us)
 
+    def seek_cost(self, time_us: int) -> int:
+        """A capture is indexed by time: seeking computes nothing."""
+        return 0
+
     def control(self, msg: p.Control, cells: list[int] | None) -> int:
         name = p.ControlCommand(msg.command).name if msg.command in tuple(p.ControlCommand) else msg.command
         raise ControlRefusedError(

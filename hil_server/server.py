@@ -79,6 +79,9 @@ class ServerConfig:
     max_seek_ahead_s: float = 3600.0
     """A SEEK further ahead is refused: the simulation runs to the target inside the event loop, so a jump
     of days would stall every client (seeking back restarts from a checkpoint and is bounded)."""
+    max_seek_stall_s: float = 5.0
+    """A SEEK whose work (steps to simulate x the measured cost of a step) would take longer is refused:
+    no client gets a frame while it runs."""
 
 
 class State(enum.Enum):
@@ -407,6 +410,8 @@ class HilServer:
         self._replan = asyncio.Event()
         """Set by a control that changes the state, speed or time line: the pacing loop decides again."""
         self.lateness_us: list[float] = []
+        self.tick_cost_s = 0.0
+        """Wall time of one source tick, a moving average (what a SEEK's steps are estimated to cost)."""
         self.rx_bad = 0
         self.recorder = recorder
         self._rec_encoder = p.FrameEncoder()
@@ -610,7 +615,10 @@ class HilServer:
         wanted = functools.reduce(operator.or_, (s.mask for s in sessions), 0)
         if self.recorder is not None:
             wanted = p.SubscribeMask.ALL
+        t0 = time.perf_counter()
         tick = self.source.tick(wanted, time.time_ns() // 1000)
+        cost = time.perf_counter() - t0
+        self.tick_cost_s += (cost - self.tick_cost_s) * (0.01 if self.tick_cost_s else 1.0)
         self._broadcast(tick, sessions)
         if tick.finished:
             self.sim_state = p.SimState.FINISHED
@@ -769,6 +777,14 @@ class HilServer:
                     p.ErrorCode.OUT_OF_RANGE,
                     f"seek at most {self.config.max_seek_ahead_s:g} s ahead (this is {ahead_s:.0f} s); "
                     "run ahead with SET_SPEED instead",
+                )
+            steps = self.source.seek_cost(msg.value)
+            stall_s = steps * self.tick_cost_s
+            if stall_s > self.config.max_seek_stall_s:
+                raise ControlRefusedError(
+                    p.ErrorCode.OUT_OF_RANGE,
+                    f"this seek would simulate {steps} steps, about {stall_s:.0f} s with every client's "
+                    f"stream stopped (limit {self.config.max_seek_stall_s:g} s); seek nearer",
                 )
             self.source.seek(msg.value)
             if self.sim_state is p.SimState.FINISHED:

@@ -132,6 +132,11 @@ class Source(Protocol):
 
     def seek(self, time_us: int) -> None: ...
 
+    def seek_cost(self, time_us: int) -> int:
+        """How many ticks' worth of work ``seek(time_us)`` would do (the server refuses a seek that would
+        stall the stream for too long)."""
+        ...
+
     def control(self, msg: p.Control, cells: list[int] | None) -> int:
         """Carry out a command that acts on the simulation; raise ControlRefusedError if not possible."""
         ...
@@ -307,6 +312,9 @@ class EngineSource:
         except ValueError as exc:
             raise ControlRefusedError(p.ErrorCode.OUT_OF_RANGE, str(exc)[:200]) from None
         self.engine.set_eis_modes(self._modes)
+
+    def seek_cost(self, time_us: int) -> int:
+        return self.engine.seek_steps(time_us / 1e6)
 
     def control(self, msg: p.Control, cells: list[int] | None) -> int:
         cmd, e, c = msg.command, self.engine, p.ControlCommand

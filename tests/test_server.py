@@ -308,6 +308,23 @@ async def test_every_control_command() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_seek_that_would_stall_the_stream_too_long_is_refused() -> None:
+    """The server weighs a SEEK (steps to simulate x measured cost of a step) against max_seek_stall_s."""
+    async with loopback(US06, max_seek_stall_s=1e-9) as (server, client):
+        await client.subscribe()
+        await client.next_message(p.CellStates, timeout=5)
+        assert isinstance(await client.control(p.Control(p.ControlCommand.PAUSE)), p.Ack)
+        assert server.tick_cost_s > 0
+        here = server.source.time_us
+        assert isinstance(await client.control(p.Control.seek(here)), p.Ack)  # nothing to simulate
+        far = await client.control(p.Control.seek(here + 10_000_000))
+        assert isinstance(far, p.Nak)
+        assert far.code == p.ErrorCode.OUT_OF_RANGE
+        assert "would simulate 100 steps" in far.message
+        assert server.source.time_us == here
+
+
+@pytest.mark.asyncio
 async def test_malformed_control_gets_a_nak_with_its_seq() -> None:
     async with loopback(US06) as (_, client):
         raw = bytearray(p.encode_frame(p.Control(p.ControlCommand.PAUSE), seq=4242))

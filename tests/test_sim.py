@@ -537,11 +537,25 @@ def test_seek_back_restarts_from_a_checkpoint_and_matches_a_straight_run(
         return step()
 
     eng._advance = counting  # type: ignore[method-assign]
+    assert eng.seek_steps(seek_s) == replayed  # what the server weighs before it accepts a SEEK
     eng.seek(seek_s)
     assert advanced == replayed  # from the last checkpoint before the target, not from t = 0
     again = outputs(eng, until_s)
     assert again.keys() == ref.keys()
     assert all(again[t] == ref[t] for t in ref)
+
+
+def test_checkpoints_are_at_most_checkpoint_max_steps_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a high step rate a simulated minute is many steps: seeking back must not redo that many."""
+    import hil_server.sim.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "CHECKPOINT_MAX_STEPS", 50)
+    sc = load_scenario(Path(__file__).resolve().parent.parent / "scenarios" / "fault_showcase.yaml")
+    eng = Engine(sc, FixedCircuitSource())
+    list(eng.run(30))
+    assert [k for k, _ in eng._checkpoints] == [50, 100, 150, 200, 250]
+    assert eng.seek_steps(12) == 20  # from the checkpoint at step 100
+    assert eng.seek_steps(40) == 100  # ahead: every step from here
 
 
 def test_ended_faults_are_dropped_after_their_end_event(tmp_path: Path) -> None:

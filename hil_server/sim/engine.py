@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import copy
 import itertools
 import math
@@ -129,8 +130,10 @@ class _Control:
 
 
 CHECKPOINT_S = 60.0
-"""Simulated time between checkpoints of the engine state (for seeking back), at first."""
-MAX_CHECKPOINTS = 64
+"""Simulated time between checkpoints of the engine state (for seeking back), at first..."""
+CHECKPOINT_MAX_STEPS = 10_000
+"""...and at most this many steps (at 1 kHz a minute is 60 000 steps, seconds of work to seek back)."""
+MAX_CHECKPOINTS = 256
 MAX_CONTROLS = 100_000
 """Recorded controls kept for seeking back (about 20 MB); beyond it the older half goes."""
 CHECKPOINT_BYTES = 256 << 20
@@ -218,9 +221,10 @@ class Engine:
         """Everything ``_reset`` sets: the state a checkpoint saves (the timeline as a position)."""
         self._checkpoints: list[tuple[int, dict[str, object]]] = []
         self._history_from_k = 0
-        self._force_checkpoint = False
         """The earliest step a seek back can reach (0 until the control history is shortened)."""
-        self._checkpoint_every = max(1, round(CHECKPOINT_S * scenario.step_rate_hz))
+        self._force_checkpoint = False
+        every = round(CHECKPOINT_S * scenario.step_rate_hz)
+        self._checkpoint_every = max(1, min(CHECKPOINT_MAX_STEPS, every))
         # about the size of one checkpoint: the last impedance of every cell and point dominates large packs
         self._max_checkpoints = max(
             4, min(MAX_CHECKPOINTS, CHECKPOINT_BYTES // (2 * self._last_z.nbytes + 1))
@@ -440,6 +444,14 @@ class Engine:
             n += 1
         return n
 
+    def seek_steps(self, time_s: float) -> int:
+        """How many steps ``seek(time_s)`` would simulate (from the checkpoint it would restart from)."""
+        target = max(0, round(time_s * self.scenario.step_rate_hz))
+        if target >= self._k:
+            return target - self._k
+        start = max((cp for cp, _ in self._checkpoints if cp < target), default=0)
+        return target - start
+
     def seek(self, time_s: float) -> None:
         """Moves to ``time_s`` (rounded to a step): backwards restarts from the last checkpoint at or before
         the target (t = 0 if none) and replays the recorded controls issued before the target (later ones
@@ -456,11 +468,16 @@ class Engine:
             # a checkpoint holds the controls of its own step, which are forgotten if it is the target's
             self._checkpoints = [cp for cp in self._checkpoints if cp[0] < target]
             start = self._restore_checkpoint()
+            controls = self._controls  # in step order: recorded as the steps went by
+            # the checkpoint holds the controls of its own step (and of every step before it)
+            i = bisect.bisect_right(controls, start, key=lambda c: c.step)
             self._replaying = True
             try:
                 while self._k < target:
-                    if self._k != start:  # the checkpoint holds the controls of its own step
-                        self._apply_recorded()
+                    while i < len(controls) and controls[i].step == self._k:
+                        c = controls[i]
+                        getattr(self, c.name)(*c.args)
+                        i += 1
                     self._advance()
             finally:
                 self._replaying = False
@@ -493,11 +510,6 @@ class Engine:
         for _ in itertools.islice(self._timeline, self._timeline_pos):
             pass
         return step
-
-    def _apply_recorded(self) -> None:
-        for c in self._controls:
-            if c.step == self._k:
-                getattr(self, c.name)(*c.args)
 
     # ------------------------------------------------------------------------------------------ step
     def step(self) -> StepOutput:
