@@ -25,8 +25,6 @@ import collections
 import contextlib
 import dataclasses
 import enum
-import functools
-import operator
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -118,6 +116,8 @@ class Session:
         dropped (telemetry) or not (replies, fault events)."""
         self.droppable = 0
         """How many queued frames are droppable."""
+        self.half_queue = server.config.queue_frames // 2
+        """Above this many droppable frames the session has no ``room`` (speed 0 waits for it)."""
         self.wake = asyncio.Event()
         self.room = asyncio.Event()
         self.room.set()
@@ -157,6 +157,19 @@ class Session:
             self.queue_telemetry((frame,))
         self.wake.set()
 
+    def push_telemetry(self, msg_type: int, payload: bytes, flags: int) -> None:
+        """``push_payload`` for telemetry with no stream fault active or pending (the common case, once per
+        frame per client: kept lean). The caller sets ``wake``."""
+        enc = self.encoder
+        seq = enc.next_seq
+        enc.next_seq = (seq + 1) & 0xFFFFFFFF
+        self.queue.append((p.frame_payload(msg_type, payload, seq, flags, enc.version), True))
+        self.droppable += 1
+        if self.droppable > self.half_queue:
+            if self.droppable > self.server.config.queue_frames:
+                self._drop_oldest()
+            self.room.clear()
+
     def queue_telemetry(self, frames: Sequence[bytes]) -> None:
         limit = self.server.config.queue_frames
         for frame in frames:
@@ -164,7 +177,7 @@ class Session:
                 self._drop_oldest()
             self.queue.append((frame, True))
             self.droppable += 1
-        if self.droppable > limit // 2:
+        if self.droppable > self.half_queue:
             self.room.clear()
         self.wake.set()
 
@@ -358,9 +371,11 @@ class Session:
         self.reply(p.Ack(seq, msg.command, result))
 
     def wants(self, item: Item, default_mode: int) -> bool:
-        if not self.mask & item.bit or (
-            item.cell is not None and self.cells is not None and item.cell not in self.cells
-        ):
+        if not self.mask & item.bit:
+            return False
+        if item.bit == BIT_STATES:  # the most frequent: no cell or mode of its own (cells filtered later)
+            return True
+        if item.cell is not None and self.cells is not None and item.cell not in self.cells:
             return False
         mode = self.eis_mode or default_mode
         if item.bit == BIT_POINT:
@@ -425,6 +440,7 @@ class HilServer:
         if isinstance(self.source, EngineSource):
             mode = self.source.engine.scenario.eis.mode
             self._default_mode = p.EisMode.SWEEP if mode == "sweep" else p.EisMode.INSTANT
+        self._default_mode_int = int(self._default_mode)  # IntEnum arithmetic is slow per frame
         self._hello_template = hello
         self._record(int(hello.MSG_TYPE), p.encode_payload(hello))
 
@@ -609,38 +625,63 @@ class HilServer:
             if self.sim_state is p.SimState.RUNNING and self.speed == 0:
                 self._burst()
 
-    def _step_once(self) -> list[Session]:
-        """One tick of the source, broadcast. Returns the sessions it went to."""
+    def _step_once(self) -> None:
+        """One tick of the source, broadcast."""
         sessions = self._streaming()
-        wanted = functools.reduce(operator.or_, (s.mask for s in sessions), 0)
+        self._tick(sessions, self._wanted(sessions))
+
+    def _wanted(self, sessions: list[Session]) -> int:
+        """The SubscribeMask bits the source must produce."""
         if self.recorder is not None:
-            wanted = p.SubscribeMask.ALL
-        t0 = time.perf_counter()
-        tick = self.source.tick(wanted, time.time_ns() // 1000)
-        cost = time.perf_counter() - t0
-        self.tick_cost_s += (cost - self.tick_cost_s) * (0.01 if self.tick_cost_s else 1.0)
+            return int(p.SubscribeMask.ALL)
+        wanted = 0
+        for s in sessions:
+            wanted |= s.mask
+        return wanted
+
+    def _tick(self, sessions: list[Session], wanted: int, timed: bool = True) -> None:
+        """One tick; ``timed``: measure what it costs (a burst measures its ticks together)."""
+        if timed:
+            t0 = time.perf_counter()
+            tick = self.source.tick(wanted, time.time_ns() // 1000)
+            self._tick_cost(time.perf_counter() - t0, 1)
+        else:
+            tick = self.source.tick(wanted, time.time_ns() // 1000)
         self._broadcast(tick, sessions)
         if tick.finished:
             self.sim_state = p.SimState.FINISHED
             for s in sessions:  # held frames (delay/reorder faults) go out at the end of the stream
                 s.queue_telemetry(s.transport.release(2**62, ()))
             log.info("stream finished", t_s=self.source.time_us / 1e6)
-        return sessions
 
     def _burst(self) -> None:
         """Speed 0: ticks back to back while every streaming client has room, for at most ``BURST_S`` of
         CPU, so each writer sends many frames in one write (one ``send()`` costs about 6 µs; a tick per
-        event-loop turn would pay that, and a loop turn, per frame)."""
+        event-loop turn would pay that, and a loop turn, per frame). Nothing else runs during a burst: the
+        sessions and what they want stay as they were at its start (a session closing ends it)."""
         end = self.now() + BURST_S
-        while True:
-            sessions = self._step_once()
-            if (
-                self.sim_state is not p.SimState.RUNNING
-                or self.now() >= end
-                or not sessions
-                or not all(s.room.is_set() for s in sessions)
-            ):
-                return
+        sessions = self._streaming()
+        wanted = self._wanted(sessions)
+        t0, ticks = time.perf_counter(), 0
+        try:
+            while True:
+                self._tick(sessions, wanted, timed=False)
+                ticks += 1
+                if self.sim_state is not p.SimState.RUNNING or not sessions or self.now() >= end:
+                    return
+                for s in sessions:
+                    if s.closing or not s.room.is_set():
+                        return
+        finally:  # with the broadcast: an over-estimate, on the safe side for what it is used for
+            self._tick_cost(time.perf_counter() - t0, ticks)
+
+    def _tick_cost(self, seconds: float, ticks: int) -> None:
+        """Keeps ``tick_cost_s``, a moving average of what one source tick costs (a SEEK's estimate)."""
+        if ticks:
+            cost = seconds / ticks
+            self.tick_cost_s += (cost - self.tick_cost_s) * (
+                min(1.0, 0.01 * ticks) if self.tick_cost_s else 1.0
+            )
 
     async def _wait_for_slowest(self) -> None:
         """Speed 0: step only when every streaming client has room (and at least one is streaming)."""
@@ -660,20 +701,30 @@ class HilServer:
 
     def _broadcast(self, tick: Tick, sessions: list[Session]) -> None:
         faults = tick.stream_faults
-        for s in sessions:
-            if faults and s.transport.disconnect_due(faults):
-                s.log.warning("disconnect fault: cutting the connection")
-                s.closing = True
-                s.writer.transport.abort()
-        sessions = [s for s in sessions if not s.closing]
+        # no stream fault active or pending anywhere: every telemetry frame takes the lean path
+        plain = not faults
+        if faults:
+            for s in sessions:
+                if s.transport.disconnect_due(faults):
+                    s.log.warning("disconnect fault: cutting the connection")
+                    s.closing = True
+                    s.writer.transport.abort()
+            sessions = [s for s in sessions if not s.closing]
+        else:
+            for s in sessions:
+                if not s.transport.idle:
+                    plain = False
         if not sessions and self.recorder is None:
             return
-        default = int(self._default_mode)
+        default = self._default_mode_int
         for item in tick.items:
             if self.recorder is not None:
                 self._record(item.msg_type, item.encoded(), item.flags)
             for s in sessions:
                 if item.step % s.divider or not s.wants(item, default):
+                    continue
+                if plain and item.bit != BIT_EVENT and (item.bit != BIT_STATES or s.cells is None):
+                    s.push_telemetry(item.msg_type, item.encoded(), item.flags)
                     continue
                 if item.bit == BIT_STATES and s.cells is not None:
                     msg = item.message
@@ -690,6 +741,8 @@ class HilServer:
         for s in sessions:
             if not s.transport.idle:
                 s.queue_telemetry(s.transport.release(tick.time_us, faults))
+            if s.queue:
+                s.wake.set()
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -93,8 +93,7 @@ class Item:
         return self.payload
 
 
-@dataclasses.dataclass(frozen=True)
-class Tick:
+class Tick(NamedTuple):  # a tuple: a frozen dataclass costs 0.4 µs to build, once per frame at speed 0
     time_us: int
     """When the tick is due, on the source's time line (simulated time for a scenario, capture time for a
     replay)."""

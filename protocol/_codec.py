@@ -252,8 +252,7 @@ def frame_payload(
         head = HEADER_STRUCT.pack(b"\xe1\x5a", version, msg_type, flags, len(payload), seq)
     except struct.error as exc:
         raise LocalProtocolError(f"header field out of range: seq={seq} flags={flags} ({exc})") from exc
-    head += _U16.pack(crc16_ccitt_false(head))
-    body = head + payload
+    body = head + _U16.pack(crc16_ccitt_false(head)) + payload
     return body + _U32.pack(crc32c(body))
 
 
