@@ -85,6 +85,8 @@ class ClientStats:
     lateness_p50_us: list[int] = field(default_factory=list)
     lateness_p99_us: list[int] = field(default_factory=list)
     lateness_max_us: list[int] = field(default_factory=list)
+    lateness_at: list[float] = field(default_factory=list)
+    """Wall clock (time.time()) at which each heartbeat's lateness figures arrived."""
     bye: str = ""
     error: str = ""
 
@@ -132,6 +134,7 @@ async def good_client(port: int, name: str, stop: asyncio.Event) -> ClientStats:
                     stats.lateness_p50_us.append(msg.lateness_p50_us)
                     stats.lateness_p99_us.append(msg.lateness_p99_us)
                     stats.lateness_max_us.append(msg.lateness_max_us)
+                    stats.lateness_at.append(time.time())
                 elif isinstance(msg, p.Bye):
                     stats.bye = f"{p.ErrorCode(msg.reason).name}: {msg.message}"
                 elif isinstance(msg, p.Nak | p.Error):
@@ -316,6 +319,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     port = int(match.group(1))
     seconds = args.minutes * 60
     started = time.monotonic()
+    started_wall = time.time()
     names = [f"bms-{i:02d}" for i in range(args.clients)]
     per_worker = [names[i :: args.workers] for i in range(args.workers)]
     outs = [tmp / f"worker-{i}.json" for i in range(args.workers)]
@@ -375,7 +379,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             m.errors.append(f"{out}: worker wrote no results")
     log_file.close()
-    report = summarise(clients, rss, m, server_alive, exit_code, seconds, args)
+    report = summarise(clients, rss, m, server_alive, exit_code, seconds, args, started_wall)
     report["server_log"] = str(log_path)
     if not args.keep:
         report["server_log_tail"] = log_path.read_text()[-2000:]
@@ -391,6 +395,7 @@ def summarise(
     exit_code: int | None,
     seconds: float,
     args: argparse.Namespace,
+    started_wall: float = 0.0,
 ) -> dict[str, Any]:
     t = np.array([s for s, _ in rss], dtype=float)
     mb = np.array([kb for _, kb in rss], dtype=float) / 1024
@@ -399,6 +404,7 @@ def summarise(
     p50 = [v for c in clients for v in c["lateness_p50_us"]]
     p99 = [v for c in clients for v in c["lateness_p99_us"]]
     mx = [v for c in clients for v in c["lateness_max_us"]]
+    windows = _lateness_windows(clients, started_wall)
     lost = sum(c["lost"] + c["out_of_order"] for c in clients)
     bad = sum(c["bad_frames"] for c in clients)
     dropped = sum(c["server_dropped"] for c in clients)
@@ -432,6 +438,7 @@ def summarise(
             "p50_median": statistics.median(p50) if p50 else None,
             "p99_max": max(p99) if p99 else None,
             "max": max(mx) if mx else None,
+            **windows,
         },
         "frames_received": sum(c["frames"] for c in clients),
         "frames_lost": lost,
@@ -439,6 +446,30 @@ def summarise(
         "crc_errors": bad,
         "clients": clients if args.json else [],
         "misbehavers": asdict(m),
+    }
+
+
+SPIKE_US = 10_000
+"""A heartbeat window whose worst lateness exceeds this is listed, with when it happened."""
+
+
+def _lateness_windows(clients: list[dict[str, Any]], started_wall: float) -> dict[str, Any]:
+    """Per heartbeat window (1 s) of one client (every client gets the same server figures): the spread of
+    the windows' p99 and the windows with a spike, with when they happened (minutes into the soak)."""
+    c = max(clients, key=lambda c: len(c["lateness_at"]), default=None)
+    if c is None or not c["lateness_at"]:
+        return {}
+    p99 = np.array(c["lateness_p99_us"], dtype=float)
+    mx = np.array(c["lateness_max_us"], dtype=float)
+    minute = (np.array(c["lateness_at"]) - started_wall) / 60
+    spikes = np.flatnonzero(mx > SPIKE_US)
+    worst = spikes[np.argsort(mx[spikes])[::-1][:10]]
+    return {
+        "windows": int(p99.size),
+        "window_p99_median": float(np.median(p99)),
+        "window_p99_p99": float(np.percentile(p99, 99)),
+        "windows_over_spike": int(spikes.size),
+        "spikes": [{"minute": round(float(minute[i]), 2), "max_us": int(mx[i])} for i in sorted(worst)],
     }
 
 
@@ -452,6 +483,10 @@ def print_report(r: dict[str, Any]) -> None:
         f"slope {rss['slope_mb_per_min']:+.3f} MB/min",
         f"  lateness us (server heartbeats): p50 {lat['p50_median']}, p99 {lat['p99_max']} (worst), "
         f"max {lat['max']}",
+        f"  per 1-s window: p99 median {lat.get('window_p99_median', 0):.0f}, 99th percentile of the "
+        f"windows' p99 {lat.get('window_p99_p99', 0):.0f}; windows with max > {SPIKE_US} us: "
+        f"{lat.get('windows_over_spike')} of {lat.get('windows')}",
+        *(f"    spike at minute {sp['minute']}: max {sp['max_us']} us" for sp in lat.get("spikes", [])),
         f"  frames received {r['frames_received']}, lost (seq gaps) {r['frames_lost']}, "
         f"dropped by the server {r['frames_dropped_by_server']}, bad frames {r['crc_errors']}",
         f"  misbehavers: never-reader connections {mis['never_reader_connections']}, slowloris "
