@@ -13,6 +13,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("EIS_HIL_CACHE_DIR", tempfile.mkdtemp(prefix="eis-hil-test-cache-"))
 
 
+@pytest.fixture(autouse=True)
+def _structlog_config_restored():  # type: ignore[no-untyped-def]
+    """A test that runs a command in-process configures logging (level, renderer): the next test must not
+    inherit it, or ``structlog.testing.capture_logs`` misses what a raised level filters out."""
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
 @pytest.fixture(scope="session")
 def small_spectra():  # type: ignore[no-untyped-def]
     from hil_server.eis_data import DataNotFoundError, load_all
