@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import dataclasses
-import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,35 +61,33 @@ class ReplayError(Exception):
     """The capture cannot be replayed (no SERVER_HELLO, nothing to stream)."""
 
 
-_STEP = struct.Struct("<I")
-_STEP_OFFSET = 16
-"""Where CELL_STATES carries its step (SPEC.md, 0x10): read without decoding the records."""
-
-
 _REPLAY = int(p.FrameFlags.REPLAY)
 
 
-def _item(kind: int, payload: bytes, flags: int) -> Item:
+_Entry = tuple[int, int, bytes, int, int, int | None, int]
+"""A stream message of the capture, ready to become an ``Item`` without decoding it: (SubscribeMask bit,
+message type, payload, frame flags with REPLAY, step, cell, EIS mode)."""
+
+
+def _entry(msg: p.Message, payload: bytes, flags: int) -> _Entry:
     """Frames keep the flags they were recorded with, plus REPLAY."""
-    bit = _STREAMED[kind]
+    kind = int(msg.MSG_TYPE)
     flags |= _REPLAY
-    if bit == BIT_STATES:
-        step = _STEP.unpack_from(payload, _STEP_OFFSET)[0]
-        return Item(bit, None, None, 0, payload, msg_type=kind, step=step, flags=flags)
-    msg = p.decode_payload(kind, payload)
+    if isinstance(msg, p.CellStates):
+        return (BIT_STATES, kind, payload, flags, msg.step, None, 0)
     if isinstance(msg, p.EisSpectrum):
-        return Item(bit, msg, msg.cell, SWEEP if msg.sweep_duration_ms else INSTANT, payload, flags=flags)
+        return (BIT_SPECTRUM, kind, payload, flags, 0, msg.cell, SWEEP if msg.sweep_duration_ms else INSTANT)
     if isinstance(msg, p.EisPoint):
-        return Item(bit, msg, msg.cell, 0, payload, flags=flags)
-    return Item(bit, msg, None, 0, payload, flags=flags)
+        return (BIT_POINT, kind, payload, flags, 0, msg.cell, 0)
+    return (_STREAMED[kind], kind, payload, flags, 0, None, 0)
 
 
 @dataclasses.dataclass
 class _Group:
     t_us: int
     """Capture time, relative to the first streamed frame, after ``max_gap`` shortening."""
-    frames: list[tuple[int, bytes, int]]
-    """(message type, payload, frame flags) of each stream message recorded at that instant."""
+    frames: list[_Entry]
+    """Each stream message recorded at that instant."""
 
 
 class ReplaySource:
@@ -124,7 +121,7 @@ class ReplaySource:
                 if isinstance(msg, p.ServerHello) and hello is None:
                     hello = msg
                 elif msg.MSG_TYPE in _STREAMED:
-                    entry = (int(msg.MSG_TYPE), p.encode_payload(msg), item.flags)
+                    entry = _entry(msg, p.encode_payload(msg), item.flags)
                     if groups and groups[-1].t_us == record.t_us:
                         groups[-1].frames.append(entry)
                     else:
@@ -186,15 +183,20 @@ class ReplaySource:
         return self._hello
 
     def tick(self, wanted: int, wall_us: int) -> Tick:
-        group = self._groups[self._index]
-        self._time_us = self.next_time_us
-        self._index += 1
-        if self._index == len(self._groups) and (self._loops == 0 or self._pass + 1 < self._loops):
+        index, groups = self._index, self._groups
+        self._time_us = self._pass * self._period_us + self._times[index]
+        group = groups[index]
+        index += 1
+        finished = index == len(groups)
+        if finished and (self._loops == 0 or self._pass + 1 < self._loops):
             self._pass += 1
-            self._index = 0
-        finished = self._index == len(self._groups)
+            index, finished = 0, False
+        self._index = index
+        # the payload passes through; decoded only if a session needs the message (a cell filter)
         items = [
-            _item(kind, payload, flags) for kind, payload, flags in group.frames if _STREAMED[kind] & wanted
+            Item(bit, None, cell, mode, payload, msg_type=kind, step=step, flags=flags)
+            for bit, kind, payload, flags, step, cell, mode in group.frames
+            if bit & wanted
         ]
         return Tick(self._time_us, items, (), finished)
 

@@ -82,6 +82,10 @@ class ServerConfig:
     no client gets a frame while it runs."""
 
 
+class Kept(bytes):
+    """A queued frame that is never dropped (a reply or a fault event); telemetry frames are plain bytes."""
+
+
 class State(enum.Enum):
     HANDSHAKE = "handshake"
     READY = "ready"
@@ -111,9 +115,9 @@ class Session:
         """EisMode the client asked for (0: the scenario's)."""
         self.transport = TransportFaults()
         self.cells: set[int] | None = None
-        self.queue: collections.deque[tuple[bytes, bool]] = collections.deque()
-        """Frames to send, in ``seq`` order (so a gap on the wire is a drop), each with whether it may be
-        dropped (telemetry) or not (replies, fault events)."""
+        self.queue: collections.deque[bytes] = collections.deque()
+        """Frames to send, in ``seq`` order (so a gap on the wire is a drop). Those that may not be dropped
+        (replies, fault events) are ``Kept``; the rest (telemetry) plain bytes."""
         self.droppable = 0
         """How many queued frames are droppable."""
         self.half_queue = server.config.queue_frames // 2
@@ -134,7 +138,7 @@ class Session:
     # -- sending -----------------------------------------------------------------------------------
     def reply(self, message: p.Message) -> None:
         """A frame that is never dropped (handshake, ACK/NAK, ERROR, BYE, fault events)."""
-        self.queue.append((self.encoder.encode(message), False))
+        self.queue.append(Kept(self.encoder.encode(message)))
         self.wake.set()
 
     def push_payload(
@@ -150,7 +154,7 @@ class Session:
         frame = p.frame_payload(msg_type, payload, self.encoder.next_seq, flags, self.encoder.version)
         self.encoder.next_seq = (self.encoder.next_seq + 1) & 0xFFFFFFFF
         if not droppable:
-            self.queue.append((frame, False))
+            self.queue.append(Kept(frame))
         elif msg_type != p.MsgType.HEARTBEAT and (faults or not self.transport.idle):
             self.queue_telemetry(self.transport.apply(frame, t_us, faults))
         else:
@@ -163,7 +167,7 @@ class Session:
         enc = self.encoder
         seq = enc.next_seq
         enc.next_seq = (seq + 1) & 0xFFFFFFFF
-        self.queue.append((p.frame_payload(msg_type, payload, seq, flags, enc.version), True))
+        self.queue.append(p.frame_payload(msg_type, payload, seq, flags, enc.version))
         self.droppable += 1
         if self.droppable > self.half_queue:
             if self.droppable > self.server.config.queue_frames:
@@ -175,7 +179,7 @@ class Session:
         for frame in frames:
             if self.droppable >= limit:
                 self._drop_oldest()
-            self.queue.append((frame, True))
+            self.queue.append(frame)
             self.droppable += 1
         if self.droppable > self.half_queue:
             self.room.clear()
@@ -183,10 +187,10 @@ class Session:
 
     def _drop_oldest(self) -> None:
         q = self.queue
-        if q[0][1]:  # the usual case: the oldest frame is telemetry
+        if type(q[0]) is not Kept:  # the usual case: the oldest frame is telemetry
             q.popleft()
         else:
-            i = next(i for i, (_, droppable) in enumerate(q) if droppable)
+            i = next(i for i, frame in enumerate(q) if type(frame) is not Kept)
             del q[i]
         self.droppable -= 1
         self.frames_dropped += 1
@@ -196,13 +200,14 @@ class Session:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            chunks = [frame for frame, _ in self.queue]
+            frames = len(self.queue)
+            data = b"".join(self.queue)
             self.queue.clear()
             self.droppable = 0
             self.room.set()
-            if chunks:
-                self.writer.write(b"".join(chunks))
-                self.frames_sent += len(chunks)
+            if frames:
+                self.writer.write(data)
+                self.frames_sent += frames
                 try:
                     await asyncio.wait_for(self.writer.drain(), cfg.stuck_s)
                 except TimeoutError:
@@ -628,7 +633,12 @@ class HilServer:
     def _step_once(self) -> None:
         """One tick of the source, broadcast."""
         sessions = self._streaming()
-        self._tick(sessions, self._wanted(sessions))
+        t0 = time.perf_counter()
+        tick = self.source.tick(self._wanted(sessions), time.time_ns() // 1000)
+        self._tick_cost(time.perf_counter() - t0, 1)
+        self._broadcast(tick, sessions)
+        if tick.finished:
+            self._finished(sessions)
 
     def _wanted(self, sessions: list[Session]) -> int:
         """The SubscribeMask bits the source must produce."""
@@ -639,20 +649,11 @@ class HilServer:
             wanted |= s.mask
         return wanted
 
-    def _tick(self, sessions: list[Session], wanted: int, timed: bool = True) -> None:
-        """One tick; ``timed``: measure what it costs (a burst measures its ticks together)."""
-        if timed:
-            t0 = time.perf_counter()
-            tick = self.source.tick(wanted, time.time_ns() // 1000)
-            self._tick_cost(time.perf_counter() - t0, 1)
-        else:
-            tick = self.source.tick(wanted, time.time_ns() // 1000)
-        self._broadcast(tick, sessions)
-        if tick.finished:
-            self.sim_state = p.SimState.FINISHED
-            for s in sessions:  # held frames (delay/reorder faults) go out at the end of the stream
-                s.queue_telemetry(s.transport.release(2**62, ()))
-            log.info("stream finished", t_s=self.source.time_us / 1e6)
+    def _finished(self, sessions: list[Session]) -> None:
+        self.sim_state = p.SimState.FINISHED
+        for s in sessions:  # held frames (delay/reorder faults) go out at the end of the stream
+            s.queue_telemetry(s.transport.release(2**62, ()))
+        log.info("stream finished", t_s=self.source.time_us / 1e6)
 
     def _burst(self) -> None:
         """Speed 0: ticks back to back while every streaming client has room, for at most ``BURST_S`` of
@@ -662,12 +663,17 @@ class HilServer:
         end = self.now() + BURST_S
         sessions = self._streaming()
         wanted = self._wanted(sessions)
+        source, broadcast, now = self.source, self._broadcast, self.now  # the loop runs once per frame
         t0, ticks = time.perf_counter(), 0
         try:
             while True:
-                self._tick(sessions, wanted, timed=False)
+                tick = source.tick(wanted, time.time_ns() // 1000)
+                broadcast(tick, sessions)
                 ticks += 1
-                if self.sim_state is not p.SimState.RUNNING or not sessions or self.now() >= end:
+                if tick.finished:
+                    self._finished(sessions)
+                    return
+                if not sessions or now() >= end:
                     return
                 for s in sessions:
                     if s.closing or not s.room.is_set():
@@ -717,14 +723,18 @@ class HilServer:
         if not sessions and self.recorder is None:
             return
         default = self._default_mode_int
-        for item in tick.items:
-            if self.recorder is not None:
-                self._record(item.msg_type, item.encoded(), item.flags)
+        recorder = self.recorder
+        for item in tick.items:  # once per frame per client below: kept lean
+            bit, msg_type, flags = item.bit, item.msg_type, item.flags
+            if recorder is not None:
+                self._record(msg_type, item.encoded(), flags)
+            lean = plain and bit != BIT_EVENT
             for s in sessions:
                 if item.step % s.divider or not s.wants(item, default):
                     continue
-                if plain and item.bit != BIT_EVENT and (item.bit != BIT_STATES or s.cells is None):
-                    s.push_telemetry(item.msg_type, item.encoded(), item.flags)
+                if lean and (bit != BIT_STATES or s.cells is None):
+                    payload = item.payload
+                    s.push_telemetry(msg_type, payload if payload is not None else item.encoded(), flags)
                     continue
                 if item.bit == BIT_STATES and s.cells is not None:
                     msg = item.message
@@ -739,7 +749,7 @@ class HilServer:
                 droppable = item.bit != BIT_EVENT
                 s.push_payload(item.msg_type, item.encoded(), droppable, faults, tick.time_us, item.flags)
         for s in sessions:
-            if not s.transport.idle:
+            if not plain and not s.transport.idle:
                 s.queue_telemetry(s.transport.release(tick.time_us, faults))
             if s.queue:
                 s.wake.set()
