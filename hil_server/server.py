@@ -25,6 +25,8 @@ import collections
 import contextlib
 import dataclasses
 import enum
+import gc
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -55,6 +57,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+BEHIND_WARN_S = 0.1
+"""A paced tick this late is logged (at most once a second): the stream stalled or cannot keep up."""
+SLOW_GC_S = 0.05
+"""A garbage collection that holds the loop this long is logged (a cause of stalls to rule in or out)."""
 BURST_S = 0.002
 """At speed 0, how long the loop may tick back to back before it lets the sessions' writers run."""
 
@@ -430,6 +436,8 @@ class HilServer:
         self._replan = asyncio.Event()
         """Set by a control that changes the state, speed or time line: the pacing loop decides again."""
         self.lateness_us: list[float] = []
+        self._behind_logged = -math.inf
+        self._gc_started = 0.0
         self.tick_cost_s = 0.0
         """Wall time of one source tick, a moving average (what a SEEK's steps are estimated to cost)."""
         self.rx_bad = 0
@@ -467,6 +475,7 @@ class HilServer:
                 "listening beyond loopback", host=self.config.host, auth=self.config.secret is not None
             )
         self._server = await asyncio.start_server(self._connected, self.config.host, self.config.port)
+        gc.callbacks.append(self._gc_watch)
         self._tasks = [asyncio.create_task(self._sim_loop()), asyncio.create_task(self._heartbeat_loop())]
         log.info(
             "serving",
@@ -479,7 +488,15 @@ class HilServer:
             recording=None if self.recorder is None else str(self.recorder.path),
         )
 
+    def _gc_watch(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif (held := time.perf_counter() - self._gc_started) > SLOW_GC_S:
+            log.warning("slow garbage collection", held_ms=round(held * 1e3), **info)
+
     async def stop(self, reason: str = "server shutting down") -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._gc_watch)
         for s in list(self.sessions.values()):
             s.bye(p.ErrorCode.SHUTDOWN, reason)
         for t in self._tasks:
@@ -623,7 +640,12 @@ class HilServer:
             await asyncio.sleep(0)
             if self.sim_state is not p.SimState.RUNNING or self._anchor != (wall0, t0_us):
                 return  # a control arrived during the yield
-            self.lateness_us.append((self.now() - due) * 1e6)
+            now = self.now()
+            self.lateness_us.append((now - due) * 1e6)
+            if now - due > BEHIND_WARN_S and now - self._behind_logged >= 1.0:
+                self._behind_logged = now
+                t_s = self.source.time_us / 1e6
+                log.warning("stream behind schedule", late_ms=round((now - due) * 1e3, 1), t_s=t_s)
             self._step_once()
         else:
             await self._wait_for_slowest()

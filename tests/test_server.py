@@ -553,3 +553,48 @@ async def test_nothing_is_answered_after_bye_even_from_the_same_read() -> None:
         writer.close()
     finally:
         await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_stalled_paced_stream_and_a_slow_collection_are_logged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bench must learn from the log when the stream fell behind its deadlines, and whether a garbage
+    collection held the loop (the clock is moved on instead of stalling anything)."""
+    import gc
+    import time
+
+    import structlog
+
+    import hil_server.server as server_module
+    from hil_server.model.store import BUNDLED_MODEL_DIR
+    from hil_server.server import HilServer, ServerConfig, identity_for
+    from hil_server.sim.run import build_engine
+
+    offset = 0.0
+    engine, sc, meta = build_engine(US06, BUNDLED_MODEL_DIR, None)
+    server = HilServer(
+        engine,
+        identity_for(US06, sc.name, meta.model_sha256, "eis-pinn"),
+        ServerConfig(port=0, speed=1.0),
+        now=lambda: time.monotonic() + offset,
+    )
+    monkeypatch.setattr(server_module, "SLOW_GC_S", 0.0)
+    with structlog.testing.capture_logs() as logs:
+        await server.start()
+        client = await HilClient.connect("127.0.0.1", server.port, name="bench")
+        try:
+            await client.subscribe(mask=p.SubscribeMask.CELL_STATES)
+            await client.next_message(p.CellStates, timeout=5)
+            offset = 0.5  # as if the process had been stopped for half a second
+            await client.next_message(p.CellStates, timeout=5)
+            gc.collect()
+        finally:
+            await client.close()
+            await server.stop()
+    behind = [e for e in logs if e["event"] == "stream behind schedule"]
+    assert len(behind) == 1
+    assert 400 < behind[0]["late_ms"] < 5000
+    # every collection counts as slow with a threshold of 0; the full one asked for is among them
+    assert any(e["event"] == "slow garbage collection" and e["generation"] == 2 for e in logs)
+    assert server._gc_watch not in gc.callbacks  # stopped: no longer watched
