@@ -244,6 +244,38 @@ def test_contact_resistance_raises_r0_and_emits_events(tmp_path: Path) -> None:
     assert not flagged[0] & CellFlags.FAULT_ACTIVE
 
 
+def test_a_lasting_contact_fault_does_not_evaluate_the_model_every_step(tmp_path: Path) -> None:
+    """The model is the costly part of a step: a physics fault re-applies itself to the cached circuit
+    (each step while it ramps), and the model runs again only when the operating point moves."""
+    calls = 0
+
+    class Counting(FixedCircuitSource):
+        def params(self, *args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return super().params(*args, **kwargs)
+
+    body = (
+        "step_rate_hz: 10\n"
+        "eis: {frequencies: {min_hz: 0.1, max_hz: 1000, points_per_decade: 2}}\n"
+        "cells: {count: 3, profile: zhang2020, soc: 0.8}\n"
+        "timeline:\n  - rest: {duration_s: 30}\n"
+        "faults:\n"
+        "  - {kind: contact_resistance, start_s: 10, cells: [1], resistance_factor: 3.0, ramp_s: 5}\n"
+    )
+    eng = Engine(scenario(tmp_path, body), Counting())
+    r0 = []
+    for _ in eng.run(30):
+        r0.append(eng._circuit()[6][:, P.R0].copy())
+    assert calls == 1  # at rest nothing moves the operating point
+    base = r0[0]
+    factor = np.array([r[1] / base[1] for r in r0])
+    assert np.all(np.diff(factor) >= 0)
+    assert 40 <= np.count_nonzero((factor > 1) & (factor < 3)) <= 52  # ramping for 5 s at 10 steps/s
+    assert factor[-1] == pytest.approx(3.0)
+    assert all(np.array_equal(r[[0, 2]], base[[0, 2]]) for r in r0)
+
+
 def test_capacity_fade_internal_short_heating(tmp_path: Path) -> None:
     outs = faulty(
         tmp_path,
