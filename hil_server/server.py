@@ -157,8 +157,7 @@ class Session:
         flags: int = 0,
     ) -> None:
         """Queue a frame. Telemetry (``droppable``) goes through the active stream ``faults`` at ``t_us``."""
-        frame = p.frame_payload(msg_type, payload, self.encoder.next_seq, flags, self.encoder.version)
-        self.encoder.next_seq = (self.encoder.next_seq + 1) & 0xFFFFFFFF
+        frame = self.encoder.frame(msg_type, payload, flags)
         if not droppable:
             self.queue.append(Kept(frame))
         elif msg_type != p.MsgType.HEARTBEAT and (faults or not self.transport.idle):
@@ -170,10 +169,7 @@ class Session:
     def push_telemetry(self, msg_type: int, payload: bytes, flags: int) -> None:
         """``push_payload`` for telemetry with no stream fault active or pending (the common case, once per
         frame per client: kept lean). The caller sets ``wake``."""
-        enc = self.encoder
-        seq = enc.next_seq
-        enc.next_seq = (seq + 1) & 0xFFFFFFFF
-        self.queue.append(p.frame_payload(msg_type, payload, seq, flags, enc.version))
+        self.queue.append(self.encoder.frame(msg_type, payload, flags))
         self.droppable += 1
         if self.droppable > self.half_queue:
             if self.droppable > self.server.config.queue_frames:
@@ -521,11 +517,9 @@ class HilServer:
             return
         from .capture import DIR_TX, CaptureError
 
-        enc = self._rec_encoder
         try:
             t_us = round((self.now() - self._rec_t0) * 1e6)
-            frame = p.frame_payload(msg_type, payload, enc.next_seq, flags, enc.version)
-            enc.next_seq = (enc.next_seq + 1) & 0xFFFFFFFF
+            frame = self._rec_encoder.frame(msg_type, payload, flags)
             self.recorder.write(frame, direction=DIR_TX, t_us=t_us)
         except CaptureError as exc:
             # The stream goes on without the recording; what was written stays readable.

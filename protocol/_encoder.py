@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._codec import encode_frame
+from ._codec import encode_frame, frame_payload
 from ._constants import PROTOCOL_VERSION
 from ._messages import Message
 
@@ -20,5 +20,12 @@ class FrameEncoder:
 
     def encode(self, message: Message, flags: int = 0) -> bytes:
         frame = encode_frame(message, self.next_seq, flags, self.version)
+        self.next_seq = (self.next_seq + 1) & 0xFFFFFFFF
+        return frame
+
+    def frame(self, msg_type: int, payload: bytes, flags: int = 0) -> bytes:
+        """An already encoded payload framed with the next sequence number: a server encodes a message once
+        and frames it for each client."""
+        frame = frame_payload(msg_type, payload, self.next_seq, flags, self.version)
         self.next_seq = (self.next_seq + 1) & 0xFFFFFFFF
         return frame

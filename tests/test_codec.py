@@ -111,6 +111,10 @@ def test_encoder_numbers_frames_and_wraps() -> None:
     decoder.feed(encoder.encode(p.Heartbeat()) + encoder.encode(p.Heartbeat()))
     seqs = [item.seq for item in decoder.events() if isinstance(item, p.Frame)]
     assert seqs == [2**32 - 1, 0]
+    # an encoded payload framed per client takes the next number too, and is the same frame as encode()
+    payload = p.encode_payload(p.Heartbeat())
+    assert encoder.frame(p.MsgType.HEARTBEAT, payload, 0) == p.encode_frame(p.Heartbeat(), seq=1)
+    assert encoder.next_seq == 2
 
 
 def test_cell_states_columns() -> None:
