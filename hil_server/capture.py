@@ -395,14 +395,11 @@ def iter_records(capture: Capture) -> Iterator[Record]:
                                 f"record CRC mismatch (stored 0x{stored:08x}, computed 0x{computed:08x}): "
                                 f"corrupt or torn record"
                             )
-                        elif kind == KIND_FRAME:
+                        else:
                             capture.records_read += 1
                             offset += RECORD_OVERHEAD + length
-                            yield Record(t_us, direction, data)
-                            continue
-                        else:  # a record kind of a later minor version: intact, skipped
-                            capture.records_read += 1
-                            offset += RECORD_OVERHEAD + length
+                            if kind == KIND_FRAME:  # other kinds: a later minor version's, intact, skipped
+                                yield Record(t_us, direction, data)
                             continue
             size = os.fstat(f.fileno()).st_size
             capture.truncated_bytes = size - offset

@@ -33,6 +33,7 @@ import structlog
 import protocol as p
 
 from .capture import RECORD_OVERHEAD, Capture, iter_records, open_capture
+from .frame_text import _enum_name
 
 log = structlog.get_logger(__name__)
 
@@ -128,6 +129,8 @@ class _Collector:
     def __init__(self, out_dir: Path, cells: frozenset[int] | None, plot_cells: int) -> None:
         self.out_dir = out_dir
         self.wanted = cells
+        self._wanted_cells = None if cells is None else np.array(sorted(cells))
+        """``wanted`` as an array, for filtering each CELL_STATES frame's records."""
         self.plot_cells = plot_cells
         self.result = ExportResult(out_dir)
         self.series: dict[int, _CellSeries] = {}
@@ -168,8 +171,8 @@ class _Collector:
 
     def _states(self, msg: p.CellStates, t_capture_s: float) -> None:
         r = msg.records
-        if self.wanted is not None:
-            r = r[np.isin(r["cell"], sorted(self.wanted))]
+        if self._wanted_cells is not None:
+            r = r[np.isin(r["cell"], self._wanted_cells)]
         if r.size == 0:
             return
         t = msg.t_sim_us / 1e6
@@ -178,8 +181,9 @@ class _Collector:
         temp = r["temperature_mdegC"] / 1e3
         soc = r["soc_ppm"] / 1e6
         soh = r["soh_ppm"] / 1e6
+        cells = r["cell"].tolist()
         rows = zip(
-            r["cell"].tolist(),
+            cells,
             v.tolist(),
             i.tolist(),
             temp.tolist(),
@@ -205,11 +209,11 @@ class _Collector:
             for c, vv, ii, tt, ss, hh, fl in rows
         )
         self.result.state_rows += int(r.size)
-        self.result.cells.update(r["cell"].tolist())
+        self.result.cells.update(cells)
         self.band.append(
             (t, v.min(), v.max(), i.min(), i.max(), temp.min(), temp.max(), soc.min(), soc.max())
         )
-        for k, cell in enumerate(r["cell"].tolist()):
+        for k, cell in enumerate(cells):
             s = self._plotted(cell)
             if s is not None:
                 s.t.append(t)
@@ -276,13 +280,6 @@ class _Collector:
         )
         self.result.faults += 1
         self.fault_marks.append((msg.t_sim_us / 1e6, kind, msg.phase))
-
-
-def _enum_name(enum: type[p.FaultKind] | type[p.FaultPhase], value: int) -> str:
-    try:
-        return enum(value).name
-    except ValueError:
-        return f"0x{value:02x}"
 
 
 def export_capture(

@@ -7,7 +7,9 @@ import numpy as np
 import protocol as p
 
 
-def _enum_name(enum: type[p.FaultKind] | type[p.ErrorCode] | type[p.ControlCommand], value: int) -> str:
+def _enum_name(
+    enum: type[p.FaultKind] | type[p.FaultPhase] | type[p.ErrorCode] | type[p.ControlCommand], value: int
+) -> str:
     try:
         return enum(value).name
     except ValueError:

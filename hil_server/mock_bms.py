@@ -929,10 +929,6 @@ def _labelled_control(text: str) -> tuple[str, p.Control]:
     return text, _control_arg(text)
 
 
-def _mask_arg(text: str) -> int:
-    return parse_mask(text)
-
-
 def _eis_mode_arg(text: str) -> int:
     if text not in EIS_MODES:
         raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(EIS_MODES)}")
@@ -986,7 +982,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--mask",
-        type=_mask_arg,
+        type=parse_mask,
         default=int(p.SubscribeMask.ALL),
         metavar="STREAMS",
         help=f"comma-separated streams to subscribe: {', '.join(MASK_NAMES)} (default all)",
