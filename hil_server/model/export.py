@@ -208,7 +208,7 @@ def at_spectra(run: Callable[[Inputs], Z], meta: ModelMetadata, spectra: list[An
         padded = np.full(rows * n_freq, s.freq_hz[-1], np.float32)
         padded[: s.n_points] = s.freq_hz
         freq.append(padded.reshape(rows, n_freq))
-        profile += [meta.profiles.index(s.source)] * rows
+        profile += [meta.profiles.index(s.profile)] * rows
         op += [(s.soc, s.temp_c, s.soh)] * rows
         spans.append(rows)
     z = run(
