@@ -352,8 +352,6 @@ class _Grid:
 
 
 GRID_CACHE_SIZE: Final = 16
-_TAUS: Final = (P.TAU_L, P.TAU1, P.TAU2, P.TAU_W)
-_LOG_COLS: Final = tuple(i for i in P if i not in (P.A1, P.A2, P.PHI_W))
 _HALF_PI: Final = math.pi / 2
 _EXP_MID: Final = np.array([0.75, 0.75, 0.4])
 _EXP_SCALE: Final = np.array([0.25, 0.25, 0.1])
