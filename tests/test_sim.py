@@ -577,6 +577,33 @@ def test_seek_back_restarts_from_a_checkpoint_and_matches_a_straight_run(
     assert all(again[t] == ref[t] for t in ref)
 
 
+def test_seek_back_replays_the_eis_modes_in_force_then(tmp_path: Path) -> None:
+    """The EIS modes are state: seeking back must start from the modes of that time, not today's, or the
+    spectra (and their ids, which count instant spectra and sweeps) differ from a straight run."""
+    body = (
+        "step_rate_hz: 10\n"
+        "eis: {interval_s: 1, frequencies: {min_hz: 10, max_hz: 1000, points_per_decade: 2}}\n"
+        "cells: {count: 2, profile: zhang2020, soc: 0.8}\n"
+        "timeline:\n  - rest: {duration_s: 100}\n"
+    )
+
+    def spectra(eng: Engine, until: float) -> list[tuple[int, int, list[int]]]:
+        out = [(o.time_us, s) for o in eng.run(until) for s in o.spectra]
+        return [(t, s.sweep_duration_us, s.spectrum_ids.tolist()) for t, s in out]
+
+    def straight_to(until: float) -> Engine:
+        eng = Engine(scenario(tmp_path, body), FixedCircuitSource())
+        list(eng.run(min(until, 3)))
+        eng.set_eis_modes(frozenset({"instant", "sweep"}))
+        list(eng.run(until))
+        return eng
+
+    ref = spectra(straight_to(6), 9)
+    eng = straight_to(8)
+    eng.seek(6)
+    assert spectra(eng, 9) == ref
+
+
 def test_checkpoints_are_at_most_checkpoint_max_steps_apart(monkeypatch: pytest.MonkeyPatch) -> None:
     """At a high step rate a simulated minute is many steps: seeking back must not redo that many."""
     import hil_server.sim.engine as engine_module

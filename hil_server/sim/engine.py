@@ -217,10 +217,6 @@ class Engine:
         self._measured = None if measured is None else _MeasuredBank(measured, self.freq_hz)
         self._tol = param_tolerance
         self._range = source.input_range(scenario.cells.profile)
-        self.eis_modes: frozenset[str] = frozenset({scenario.eis.mode})
-        """Which EIS outputs to produce, ``instant`` and/or ``sweep``; the scenario's mode by default. A
-        server sets both when its clients ask for different modes: each request then yields an instant
-        spectrum and a sweep (spectrum ids count both)."""
         self._controls: list[_Control] = []
         self._replaying = False
         before = set(self.__dict__)
@@ -241,6 +237,10 @@ class Engine:
     # ----------------------------------------------------------------------------------------- state
     def _reset(self) -> None:
         sc, n = self.scenario, self.n_cells
+        self.eis_modes: frozenset[str] = frozenset({sc.eis.mode})
+        """Which EIS outputs to produce, ``instant`` and/or ``sweep``; the scenario's mode by default. A
+        server sets both when its clients ask for different modes: each request then yields an instant
+        spectrum and a sweep (spectrum ids count both). Part of the state: a seek back replays the changes."""
         spread = sc.cells.spread
         # spawn_key (0,) keeps the spread stream apart from the fault seeds SeedSequence([seed, index])
         rng = np.random.default_rng(np.random.SeedSequence(self.seed).spawn(1)[0])
