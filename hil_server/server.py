@@ -160,7 +160,7 @@ class Session:
         frame = self.encoder.frame(msg_type, payload, flags)
         if not droppable:
             self.queue.append(Kept(frame))
-        elif msg_type != p.MsgType.HEARTBEAT and (faults or not self.transport.idle):
+        elif faults or not self.transport.idle:
             self.queue_telemetry(self.transport.apply(frame, t_us, faults))
         else:
             self.queue_telemetry((frame,))
@@ -274,6 +274,8 @@ class Session:
                 return  # cannot happen with a conforming decoder; belt and braces against memory growth
 
     def said_bye(self) -> bool:
+        """``closing``, read through a call: handling a frame can set it, which mypy's narrowing of the
+        attribute in the loop above does not see."""
         return self.closing
 
     def bad_input(self, err: p.RemoteProtocolError) -> None:
@@ -445,11 +447,10 @@ class HilServer:
         self._anchor: tuple[float, int] | None = None
         """(wall clock, source time in µs) from which deadlines are computed: ``wall + dt / speed``."""
         hello = self.source.hello()
-        self._default_mode = p.EisMode.SCENARIO_DEFAULT
+        self._default_mode = int(p.EisMode.SCENARIO_DEFAULT)  # a plain int: compared per frame
         if isinstance(self.source, EngineSource):
             mode = self.source.engine.scenario.eis.mode
-            self._default_mode = p.EisMode.SWEEP if mode == "sweep" else p.EisMode.INSTANT
-        self._default_mode_int = int(self._default_mode)  # IntEnum arithmetic is slow per frame
+            self._default_mode = int(p.EisMode.SWEEP if mode == "sweep" else p.EisMode.INSTANT)
         self._hello_template = hello
         self._record(int(hello.MSG_TYPE), p.encode_payload(hello))
 
@@ -738,7 +739,7 @@ class HilServer:
                     plain = False
         if not sessions and self.recorder is None:
             return
-        default = self._default_mode_int
+        default = self._default_mode
         recorder = self.recorder
         for item in tick.items:  # once per frame per client below: kept lean
             bit, msg_type, flags = item.bit, item.msg_type, item.flags
@@ -749,7 +750,7 @@ class HilServer:
                 if item.step % s.divider or not s.wants(item, default):
                     continue
                 if lean and (bit != BIT_STATES or s.cells is None):
-                    payload = item.payload
+                    payload = item.payload  # item.encoded() without its call: once per frame per client
                     s.push_telemetry(msg_type, payload if payload is not None else item.encoded(), flags)
                     continue
                 if item.bit == BIT_STATES and s.cells is not None:
@@ -805,7 +806,8 @@ class HilServer:
                     min(len(s.queue), 0xFFFF),
                     int(self.sim_state),
                 )
-                s.push_payload(p.MsgType.HEARTBEAT, p.encode_payload(hb))
+                s.push_telemetry(p.MsgType.HEARTBEAT, p.encode_payload(hb), 0)  # never through stream faults
+                s.wake.set()
 
     # -- control -------------------------------------------------------------------------------------
     def _cells(self, cell: int) -> list[int] | None:
@@ -875,7 +877,6 @@ class HilServer:
                 raise ControlRefusedError(p.ErrorCode.OUT_OF_RANGE, "speed must be >= 0")
             self.speed = msg.value / 1e6
             self._reanchor()
-            self.streaming_changed.set()
             return 0
         try:
             c(cmd)

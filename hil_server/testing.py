@@ -21,10 +21,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .client import HilClient
 from .model.store import BUNDLED_MODEL_DIR
 from .server import HilServer, ServerConfig, identity_for
 from .sim.run import build_engine
+from .sources import EngineSource
 
 
 async def start_server(
@@ -40,16 +42,14 @@ async def start_server(
     engine, sc, meta = build_engine(Path(scenario), model_dir, seed)
     cfg = dataclasses.replace(ServerConfig(port=0, speed=0.0), **config)
     identity = identity_for(Path(scenario), sc.name, meta.model_sha256, "eis-pinn")
+    source = EngineSource(engine, identity, __version__)
     recorder = None
     if record is not None:
-        from . import __version__
         from .capture import CaptureWriter, hello_meta
-        from .sources import EngineSource
 
-        hello = EngineSource(engine, identity, __version__).hello()
-        info = hello_meta(hello, recorder="eis-hil serve --record", scenario_path=str(scenario))
+        info = hello_meta(source.hello(), recorder="eis-hil serve --record", scenario_path=str(scenario))
         recorder = CaptureWriter(record, info)
-    server = HilServer(engine, identity, cfg, recorder=recorder)
+    server = HilServer(source, config=cfg, recorder=recorder)
     try:
         await server.start()
     except BaseException:  # e.g. the port is taken: no half-made capture left to block the next try

@@ -833,7 +833,6 @@ class Engine:
         while the operating point stays within tolerance, because evaluating the source is the costly part."""
         op = self._cache_op
         tol_soc, tol_t, tol_soh = self._tol
-        cells = np.arange(self.n_cells)
         if (
             self._cache is None
             or op is None
@@ -841,7 +840,7 @@ class Engine:
             or np.abs(op[1] - self.temp_c).max() > tol_t
             or np.abs(op[2] - self.soh).max() > tol_soh
         ):
-            self._cache_base = self._base_params(cells, self.soc, self.temp_c, self.soh)
+            self._cache_base = self._base_params(np.arange(self.n_cells), self.soc, self.temp_c, self.soh)
             self._cache_op = (self.soc.copy(), self.temp_c.copy(), self.soh.copy())
             self._cache = None
         key = self._physics_key()  # e.g. a contact resistance ramping: the cheap part again, not the model
@@ -849,6 +848,7 @@ class Engine:
             self._cache_key = key
             params = self._cache_base
             if key:
+                cells = np.arange(self.n_cells)
                 params = self._with_physics_faults(params.copy(), cells, self.temp_c, self.time_s)
             r_inst, r_b, tau_b = time_domain(params)
             a_b = np.exp(-self.dt_s / tau_b)
