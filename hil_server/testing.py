@@ -15,9 +15,10 @@ deterministic for a given scenario and seed, no sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,17 @@ async def start_server(
             recorder.path.unlink(missing_ok=True)
         raise
     return server
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for a server-side condition, e.g. ``lambda: len(server.sessions) == 2`` (an event to wait for,
+    not a timed assertion); TimeoutError after ``timeout`` s."""
+
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(poll(), timeout)
 
 
 @contextlib.asynccontextmanager

@@ -19,7 +19,7 @@ import pytest
 import protocol as p
 from hil_server.client import HilClient
 from hil_server.server import State
-from hil_server.testing import start_server
+from hil_server.testing import start_server, until
 
 ROOT = Path(__file__).resolve().parent.parent
 EXE = ROOT / "firmware_stub" / "build" / "hil_tcp_client"
@@ -64,9 +64,7 @@ async def test_c_client_decodes_the_live_stream_like_python() -> None:
     states: dict[int, p.CellStates] = {}
     spectra: dict[tuple[int, int], p.EisSpectrum] = {}
     try:
-        async with asyncio.timeout(20):
-            while sum(s.state is State.STREAMING for s in server.sessions.values()) < 2:
-                await asyncio.sleep(0.01)  # a separate process: nothing to await but its subscription
+        await until(lambda: sum(s.state is State.STREAMING for s in server.sessions.values()) >= 2, 20)
         assert isinstance(await python.control(p.Control(p.ControlCommand.RESUME)), p.Ack)
         while len(states) < 700 or len(spectra) < 24:
             msg = (await python.next_frame(timeout=10)).message

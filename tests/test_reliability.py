@@ -53,7 +53,7 @@ import protocol as p
 from hil_server.client import HilClient
 from hil_server.model.store import BUNDLED_MODEL_DIR
 from hil_server.server import HilServer
-from hil_server.testing import start_server
+from hil_server.testing import start_server, until
 
 from .fuzz_server_input import MODE_SUBSCRIBED, Harness, write_seeds
 
@@ -141,16 +141,6 @@ class Raw:
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for a server-side condition (an event, not a timed assertion)."""
-
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 @contextlib.asynccontextmanager

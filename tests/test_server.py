@@ -13,7 +13,7 @@ import pytest
 
 import protocol as p
 from hil_server.client import ClientError, HilClient
-from hil_server.testing import loopback, start_server
+from hil_server.testing import loopback, start_server, until
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 US06 = SCENARIOS / "us06_25c.yaml"
@@ -220,27 +220,17 @@ def _fed(decoder: p.FrameDecoder, data: bytes) -> list[p.Frame | p.RemoteProtoco
     return list(decoder.events())
 
 
-async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for a server-side condition (an event, not a timed assertion)."""
-
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
-
-
 @pytest.mark.asyncio
 async def test_a_client_that_never_reads_is_dropped_without_hurting_others() -> None:
     scenario = SCENARIOS / "pack_96s_spread.yaml"
     async with loopback(scenario, speed=20.0, queue_frames=512, stuck_s=0.5) as (server, good):
         await good.subscribe(mask=p.SubscribeMask.CELL_STATES)  # its own queue never fills
         _, slow_writer = await _raw_subscriber(server.port)
-        await _until(lambda: len(server.sessions) == 2)
+        await until(lambda: len(server.sessions) == 2)
         slow = next(s for s in server.sessions.values() if s.client_name == "never-reads")
         steps = [(await good.next_message(p.CellStates, timeout=5)).step for _ in range(150)]
-        await _until(lambda: slow.frames_dropped > 0 or len(server.sessions) == 1, timeout=30)
-        await _until(lambda: len(server.sessions) == 1, timeout=30)  # disconnected: stuck past stuck_s
+        await until(lambda: slow.frames_dropped > 0 or len(server.sessions) == 1, timeout=30)
+        await until(lambda: len(server.sessions) == 1, timeout=30)  # disconnected: stuck past stuck_s
         more = [(await good.next_message(p.CellStates, timeout=5)).step for _ in range(20)]
         assert good.gaps == 0
         assert sorted(set(steps)) == steps
@@ -256,7 +246,7 @@ async def test_client_disconnect_mid_frame_leaves_the_server_serving() -> None:
         writer.write(p.encode_frame(p.ClientHello(client_name="half"), seq=0)[:9])  # half a frame, then gone
         await writer.drain()
         writer.close()
-        await _until(lambda: len(server.sessions) == 1)
+        await until(lambda: len(server.sessions) == 1)
         steps = [(await good.next_message(p.CellStates, timeout=5)).step for _ in range(20)]
         assert steps == list(range(steps[0], steps[0] + 20))
 
