@@ -262,12 +262,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         config = TrainConfig(**{k: v for k, v in meta.raw["config"].items() if k in known})
         epochs = args.cv_epochs or (config.epochs // 4 if args.fast else config.epochs)
         config = dc.replace(config, epochs=epochs, val_fraction=0.0)
-        cv_spectra = spectra.filter(lambda s: s.source in meta.input_ranges or s.profile in meta.input_ranges)
-        if args.fast:
-            cv_spectra = _every_nth_cycle(cv_spectra, 4)
         try:
             cv = cross_validate(
-                cv_spectra,
+                spectra,
                 args.cv,
                 config=config,
                 mlp_epochs=args.mlp_epochs,
@@ -286,15 +283,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return 0
-
-
-def _every_nth_cycle(spectra: Any, n: int) -> Any:
-    """Every n-th spectrum of each cell in cycle order (fast mode: zhang2020's cycles are near copies)."""
-    keep: set[int] = set()
-    for cell in spectra.cells():
-        ordered = sorted(spectra.filter(cells=[cell]), key=lambda s: s.cycle or 0)
-        keep.update(id(s) for s in (ordered[::n] if ordered[0].cycle is not None else ordered))
-    return spectra.filter(lambda s: id(s) in keep)
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
@@ -627,10 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="K",
         help="grouped K-fold cross-validation over whole cells, retraining the PINN with the model's own "
-        "settings per fold (about K x the model's training time; --fast for a quarter of the epochs and "
-        "every 4th zhang2020 cycle)",
+        "settings per fold (about K x the model's training time; --fast for a quarter of the epochs)",
     )
-    ev.add_argument("--fast", action="store_true", help="with --cv: fewer epochs and spectra, for iterating")
+    ev.add_argument("--fast", action="store_true", help="with --cv: a quarter of the epochs, for iterating")
     ev.add_argument("--cv-epochs", type=int, help="with --cv: PINN epochs per fold (overrides --fast)")
     ev.add_argument("--seed", type=int, default=0, help="with --cv: seed of the fold assignment")
     ev.add_argument("--mlp-epochs", type=int, default=400, help="training epochs of the plain-MLP baseline")
