@@ -22,12 +22,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .client import HilClient
-from .model.store import BUNDLED_MODEL_DIR
-from .server import HilServer, ServerConfig, identity_for
-from .sim.run import build_engine
-from .sources import EngineSource
+from hil_server import __version__
+from hil_server.client.client import HilClient
+from hil_server.model.store import BUNDLED_MODEL_DIR
+from hil_server.sim.run import build_engine
+from hil_server.stream.source import EngineSource
+from hil_server.transport.tcp import HilServer, ServerConfig, identity_for
 
 
 async def start_server(
@@ -46,7 +46,7 @@ async def start_server(
     source = EngineSource(engine, identity, __version__)
     recorder = None
     if record is not None:
-        from .capture import CaptureWriter, hello_meta
+        from hil_server.capture.format import CaptureWriter, hello_meta
 
         info = hello_meta(source.hello(), recorder="eis-hil serve --record", scenario_path=str(scenario))
         recorder = CaptureWriter(record, info)

@@ -34,6 +34,7 @@ from ._crc import crc16_ccitt_false, crc32c
 from ._decoder import NEED_DATA, DecoderStats, Frame, FrameDecoder, NeedData
 from ._encoder import FrameEncoder
 from ._errors import DecodeErrorKind, LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._framing import FrameSplitter
 from ._messages import (
     CELL_STATE_DTYPE,
     MESSAGE_CLASSES,
@@ -90,6 +91,7 @@ __all__ = [
     "FrameDecoder",
     "FrameEncoder",
     "FrameFlags",
+    "FrameSplitter",
     "Heartbeat",
     "LocalProtocolError",
     "Message",

@@ -32,8 +32,7 @@ if __name__ == "__main__":
     import atheris
 
     with atheris.instrument_imports(include=["protocol", "hil_server"]):
-        import hil_server.client
-        import hil_server.server
+        import hil_server.client.client
         import hil_server.testing  # noqa: F401
         import protocol  # noqa: F401
 
@@ -133,7 +132,7 @@ class Harness:
         self._check_loop()
 
     async def _alive(self) -> None:
-        from hil_server.client import HilClient
+        from hil_server.client.client import HilClient
 
         c = p.ControlCommand
         fixer = await HilClient.connect("127.0.0.1", self.server.port, name="liveness-fixer")
@@ -296,7 +295,7 @@ def main(argv: list[str]) -> None:
     import atheris
     import structlog
 
-    from hil_server._logging import configure_logging
+    from hil_server.cli._logging import configure_logging
 
     configure_logging(level="error")  # a warning per bad input would drown libFuzzer's output
     harness = Harness()

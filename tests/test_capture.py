@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 import protocol as p
-from hil_server import capture as cap
-from hil_server.capture import (
+from hil_server.capture import format as cap
+from hil_server.capture.format import (
     DIR_RX,
     DIR_TX,
     Capture,
@@ -32,8 +32,8 @@ from hil_server.capture import (
     iter_records,
     open_capture,
 )
-from hil_server.capture_cli import FrameSplitter
 from hil_server.cli import main
+from protocol import FrameSplitter
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "scenarios"
@@ -334,7 +334,7 @@ def test_disk_full_keeps_what_was_written(tmp_path: Path, monkeypatch: pytest.Mo
 WRITER_SCRIPT = """
 import sys
 import protocol as p
-from hil_server.capture import CaptureWriter
+from hil_server.capture.format import CaptureWriter
 enc = p.FrameEncoder()
 with CaptureWriter(sys.argv[1], {"child": True}) as w:
     n = 0
@@ -382,7 +382,7 @@ def test_sigkill_mid_stream_loses_no_written_record(tmp_path: Path) -> None:
 FSIZE_SCRIPT = """
 import resource, signal, sys
 import protocol as p
-from hil_server.capture import CaptureError, CaptureWriter
+from hil_server.capture.format import CaptureError, CaptureWriter
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
 resource.setrlimit(resource.RLIMIT_FSIZE, (5000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 enc = p.FrameEncoder()

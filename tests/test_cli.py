@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from hil_server._logging import configure_logging
 from hil_server.cli import main
+from hil_server.cli._logging import configure_logging
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "vectors.json").read_text(encoding="utf-8"))
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 import protocol as p
-from hil_server.client import HilClient
-from hil_server.server import State
+from hil_server.client.client import HilClient
 from hil_server.testing import start_server, until
+from hil_server.transport.tcp import State
 
 ROOT = Path(__file__).resolve().parent.parent
 EXE = ROOT / "firmware_stub" / "build" / "hil_tcp_client"

@@ -18,18 +18,13 @@ import pytest
 import pytest_asyncio
 
 import protocol as p
-from hil_server import mock_bms
-from hil_server.mock_bms import (
-    MonitorState,
-    SeqTracker,
-    main,
-    parse_control,
-    parse_mask,
-    render_table,
-    summary_text,
-)
-from hil_server.server import HilServer
+from hil_server.cli import client as client_cli
+from hil_server.cli.client import main
+from hil_server.client.control_syntax import ControlSyntaxError, parse_control, parse_mask
+from hil_server.client.monitor import MonitorState, frame_json, render_table, summary_text
+from hil_server.client.seq import SeqTracker
 from hil_server.testing import start_server
+from hil_server.transport.tcp import HilServer
 
 ROOT = Path(__file__).resolve().parent.parent
 US06 = ROOT / "scenarios" / "us06_25c.yaml"
@@ -341,7 +336,7 @@ def test_parse_control(text: str, command: int, fault_kind: int, cell: int, aux:
     ],
 )
 def test_parse_control_errors(text: str, problem: str) -> None:
-    with pytest.raises(mock_bms.ControlSyntaxError) as exc:
+    with pytest.raises(ControlSyntaxError) as exc:
         parse_control(text)
     assert problem in str(exc.value)
     assert "accepted forms:" in str(exc.value)
@@ -355,16 +350,14 @@ def test_parse_mask() -> None:
         parse_mask("states,volts")
 
 
-def test_register_uses_the_same_arguments() -> None:
+def test_the_client_command_follows_the_registry_contract() -> None:
     parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    mock_bms.register(sub)
-    args = parser.parse_args(["client", "localhost", "7700", "--control", "pause", "seek=3", "--count", "0"])
-    assert args.func is mock_bms.cmd_client
+    client_cli.add_arguments(parser)
+    args = parser.parse_args(["localhost", "7700", "--control", "pause", "seek=3", "--count", "0"])
     assert [label for label, _ in args.control] == ["pause", "seek=3"]
     from hil_server.cli import build_parser
 
-    assert build_parser().parse_args(["client", "h", "1"]).func is mock_bms.cmd_client
+    assert build_parser().parse_args(["client", "h", "1"]).func is client_cli.run
 
 
 def test_tool_script_runs() -> None:
@@ -415,7 +408,7 @@ def test_frame_json_is_strict_json_with_nan() -> None:
         z_re_ohm=np.array([0.01, np.nan], dtype=np.float32),
         z_im_ohm=np.array([-0.001, np.inf], dtype=np.float32),
     )
-    line = mock_bms.frame_json(p.Frame(spectrum, seq=7), 1.7e9)
+    line = frame_json(p.Frame(spectrum, seq=7), 1.7e9)
 
     def no_constants(name: str) -> None:
         raise AssertionError(f"non-standard JSON constant {name}")
@@ -541,7 +534,7 @@ def test_table_before_any_data() -> None:
 def test_screen_redraws_at_most_4_times_a_second() -> None:
     now = [100.0]
     buffer = io.StringIO()
-    screen = mock_bms._Screen(buffer, clock=lambda: now[0])
+    screen = client_cli._Screen(buffer, clock=lambda: now[0])
     state = MonitorState(scenario="s", endpoint="h:1", cell_count=1)
     drawn = []
     for t in (100.0, 100.1, 100.24, 100.25, 100.3, 100.6):

@@ -50,10 +50,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import protocol as p
-from hil_server.client import HilClient
+from hil_server.client.client import HilClient
 from hil_server.model.store import BUNDLED_MODEL_DIR
-from hil_server.server import HilServer
 from hil_server.testing import start_server, until
+from hil_server.transport.tcp import HilServer
 
 from .fuzz_server_input import MODE_SUBSCRIBED, Harness, write_seeds
 
@@ -790,7 +790,7 @@ def test_hostile_scenarios_through_validate_and_serve(
 def test_truncated_capture_replays_up_to_its_last_whole_record(tmp_path: Path) -> None:
     """A capture cut mid-record (a crash while recording): every complete record is read back, the torn
     tail is reported with the file, its offset and why, and reading never raises."""
-    capture_mod = pytest.importorskip("hil_server.capture")
+    capture_mod = pytest.importorskip("hil_server.capture.format")
     path = tmp_path / "session.eiscap"
 
     async def record() -> None:
@@ -832,7 +832,7 @@ def _eis_hil() -> list[str]:
 
 
 def test_sigterm_during_serve_says_bye_exits_0_and_keeps_the_recording(tmp_path: Path) -> None:
-    capture_mod = pytest.importorskip("hil_server.capture")
+    capture_mod = pytest.importorskip("hil_server.capture.format")
     recording = tmp_path / "rec.eiscap"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 import protocol as p
-from hil_server.capture import DIR_RX, CaptureWriter, hello_meta, open_capture
+from hil_server.capture.format import DIR_RX, CaptureWriter, hello_meta, open_capture
 from hil_server.cli import main
-from hil_server.client import HilClient
-from hil_server.replay import ReplayError, ReplaySource
-from hil_server.server import HilServer, ServerConfig
+from hil_server.client.client import HilClient
+from hil_server.stream.replay_source import ReplayError, ReplaySource
 from hil_server.testing import start_server
+from hil_server.transport.tcp import HilServer, ServerConfig
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 FAULTS = SCENARIOS / "fault_showcase.yaml"

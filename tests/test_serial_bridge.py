@@ -23,22 +23,14 @@ import serial
 import structlog
 
 import protocol as p
-from hil_server import instrument
-from hil_server.client import HilClient
-from hil_server.serial_bridge import (
-    EXIT_PORT_GONE,
-    BridgeConfig,
-    LinePacer,
-    OutputFormat,
-    SerialBridge,
-    StreamSpec,
-    ftdi_latency_timer,
-    open_serial,
-    plan_budget,
-    states_bytes,
-)
-from hil_server.server import HilServer
+from hil_server.client.client import HilClient
 from hil_server.testing import start_server
+from hil_server.transport.serial import ad5940
+from hil_server.transport.serial.bridge import EXIT_PORT_GONE, BridgeConfig, SerialBridge
+from hil_server.transport.serial.budget import OutputFormat, StreamSpec, plan_budget, states_bytes
+from hil_server.transport.serial.line_pacer import LinePacer
+from hil_server.transport.serial.port import ftdi_latency_timer, open_serial
+from hil_server.transport.tcp import HilServer
 
 ROOT = Path(__file__).resolve().parent.parent
 US06 = ROOT / "scenarios" / "us06_25c.yaml"
@@ -460,21 +452,18 @@ def test_ftdi_latency_timer(tmp_path: Path) -> None:
 
 
 def test_ad5940_line_format_is_the_example_printf() -> None:
-    line = instrument.format_point(1000.0, 0.012345678, -0.0034567)
+    line = ad5940.format_point(1000.0, 0.012345678, -0.0034567)
     # printf("Freq: %f (real, image) = ,%f , %f ,mOhm \n", ...), values in mOhm as float
     assert line == "Freq: 1000.000000 (real, image) = ,12.345678 , -3.456700 ,mOhm \n"
-    point = instrument.parse_line(line)
+    point = ad5940.parse_line(line)
     assert point.freq_hz == 1000.0
     assert point.z_re_mohm == 12.345678
     assert point.z_im_mohm == -3.4567
-    nan = instrument.format_point(0.02, float("nan"), float("inf"))
+    nan = ad5940.format_point(0.02, float("nan"), float("inf"))
     assert nan == "Freq: 0.020000 (real, image) = ,nan , inf ,mOhm \n"
     with pytest.raises(ValueError, match="not an AD5940"):
-        instrument.parse_line("Freq: 1 (real, image) = ,1 , 1 ,Ohm")
-    assert (
-        instrument.format_banner(time.strptime("12:34:56", "%H:%M:%S"))
-        == "Hello AD5940-Build Time:12:34:56\n"
-    )
+        ad5940.parse_line("Freq: 1 (real, image) = ,1 , 1 ,Ohm")
+    assert ad5940.format_banner(time.strptime("12:34:56", "%H:%M:%S")) == "Hello AD5940-Build Time:12:34:56\n"
 
 
 @pytest.mark.asyncio
@@ -495,7 +484,7 @@ async def test_ad5940_over_loop_parses_back_to_the_spectrum() -> None:
                 text += await asyncio.to_thread(port.read, 4096)
     lines = text.decode("ascii").split("\n")
     assert lines[0].startswith("Hello AD5940-Build Time:")
-    points = [instrument.parse_line(line) for line in lines[1 : n + 1]]
+    points = [ad5940.parse_line(line) for line in lines[1 : n + 1]]
     # the first spectrum the bridge printed is the first the reference client got (same server, same cell)
     np.testing.assert_allclose([q.freq_hz for q in points], spectrum.freq_hz, rtol=1e-7, atol=5e-7)
     re_mohm = (spectrum.z_re_ohm.astype(np.float32) * np.float32(1000)).astype(float)

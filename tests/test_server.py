@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import protocol as p
-from hil_server.client import ClientError, HilClient
+from hil_server.client.client import ClientError, HilClient
 from hil_server.testing import loopback, start_server, until
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
@@ -446,7 +446,7 @@ def test_logs_are_json_lines_with_log_json(capsys: pytest.CaptureFixture[str], t
 def test_server_runs_on_uvloop_and_paces_nothing_early() -> None:
     """uvloop's timers fire up to about 1 ms early: the pacing loop must still send nothing early."""
     pytest.importorskip("uvloop")
-    from hil_server._loop import run
+    from hil_server.cli._loop import run
 
     async def go() -> str:
         async with loopback(US06, speed=50.0) as (server, client):
@@ -468,7 +468,7 @@ def test_cell_state_records_are_scaled_and_clipped_to_the_wire_ranges() -> None:
     from hil_server.model.store import BUNDLED_MODEL_DIR
     from hil_server.sim.output import CellColumns
     from hil_server.sim.run import build_engine
-    from hil_server.sources import step_messages
+    from hil_server.stream.source import step_messages
 
     engine, _, _ = build_engine(US06, BUNDLED_MODEL_DIR, None)
     out = engine.step()
@@ -556,10 +556,10 @@ async def test_a_stalled_paced_stream_and_a_slow_collection_are_logged(
 
     import structlog
 
-    import hil_server.server as server_module
+    import hil_server.transport.tcp as server_module
     from hil_server.model.store import BUNDLED_MODEL_DIR
-    from hil_server.server import HilServer, ServerConfig, identity_for
     from hil_server.sim.run import build_engine
+    from hil_server.transport.tcp import HilServer, ServerConfig, identity_for
 
     offset = 0.0
     engine, sc, meta = build_engine(US06, BUNDLED_MODEL_DIR, None)

@@ -6,7 +6,7 @@ import pytest
 
 import protocol as p
 from hil_server.sim.output import StreamFault
-from hil_server.transport_faults import TransportFaults
+from hil_server.stream.stream_faults import TransportFaults
 
 FK = p.FaultKind
 Result = tuple[list[bytes], TransportFaults]

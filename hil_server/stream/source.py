@@ -1,8 +1,8 @@
 """What a server streams: a source produces, tick by tick, the messages due at each tick's time.
 
 Two sources: ``EngineSource`` runs a scenario (the simulation) and carries out the controls that act on it;
-``ReplaySource`` (in ``hil_server.replay``) serves a recorded capture. The server owns the pacing, the
-sessions and the controls that act on the stream itself (pause, resume, stop, start, speed).
+``ReplaySource`` (in ``hil_server.stream.replay_source``) serves a recorded capture. The server owns the
+pacing, the sessions and the controls that act on the stream itself (pause, resume, stop, start, speed).
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ import numpy as np
 import numpy.typing as npt
 
 import protocol as p
-
-from .model.linkk import kk_residual
-from .sim.engine import Engine
-from .sim.output import StepOutput, StreamFault
+from hil_server.model.linkk import kk_residual
+from hil_server.sim.engine import Engine
+from hil_server.sim.output import StepOutput, StreamFault
 
 MAX_CELLS_PER_FRAME = (p.MAX_PAYLOAD_SIZE - 24) // p.CELL_STATE_DTYPE.itemsize  # 24: the fixed part
 INT32 = (-(2**31), 2**31 - 1)

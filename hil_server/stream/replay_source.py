@@ -23,19 +23,15 @@ A capture cut short (crash, ``kill -9``) replays up to its last complete record,
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import structlog
 
 import protocol as p
-
-from .sources import (
+from hil_server.stream.source import (
     BIT_EVENT,
     BIT_POINT,
     BIT_SPECTRUM,
@@ -48,6 +44,7 @@ from .sources import (
 )
 
 log = structlog.get_logger(__name__)
+
 
 _STREAMED = {
     int(p.MsgType.CELL_STATES): BIT_STATES,
@@ -102,7 +99,7 @@ class ReplaySource:
         max_gap_s: float | None = None,
         server_version: str = "",
     ) -> None:
-        from .capture import iter_records, open_capture
+        from hil_server.capture.format import iter_records, open_capture
 
         if loop < 0:
             raise ValueError("--loop must be >= 0 (0: forever)")
@@ -222,60 +219,3 @@ class ReplaySource:
         raise ControlRefusedError(
             p.ErrorCode.NOT_ALLOWED_IN_STATE, f"a replay cannot carry out {name}: it acts on a simulation"
         )
-
-
-def register(sub: Any) -> None:
-    from ._cli_util import add_listen_args
-
-    rp = sub.add_parser("replay", help="serve a recorded capture to clients with its original timing")
-    rp.add_argument("file", help="capture file (eis-hil record, or serve --record)")
-    add_listen_args(rp, "1 = original timing, N = N times faster, 0 = as fast as the slowest client reads")
-    rp.add_argument("--loop", type=int, default=1, help="play it N times (0: forever)")
-    rp.add_argument(
-        "--skip", type=float, default=0.0, metavar="SECONDS", help="start this far into the capture"
-    )
-    rp.add_argument("--max-gap", type=float, metavar="SECONDS", help="shorten silences longer than this")
-    rp.add_argument("--paused", action="store_true", help="start paused: a client sends RESUME (or START)")
-    rp.set_defaults(func=cmd_replay)
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    from . import __version__
-    from ._cli_util import read_secret
-    from ._loop import run
-    from .capture import CaptureError
-    from .cli import serve_until_stopped
-    from .server import HilServer, ServerConfig
-
-    async def go() -> int:
-        source = ReplaySource(
-            args.file, loop=args.loop, skip_s=args.skip, max_gap_s=args.max_gap, server_version=__version__
-        )
-        config = ServerConfig(
-            host=args.host,
-            port=args.port,
-            speed=args.speed,
-            secret=read_secret(args),
-            max_clients=args.max_clients,
-        )
-        server = HilServer(source, config=config)
-        if args.paused:
-            server.sim_state = p.SimState.PAUSED
-        await server.start()
-        banner = (
-            f"eis-hil replaying {Path(args.file).name} ({source.duration_us / 1e6:.1f} s, "
-            f"{'forever' if args.loop == 0 else f'{args.loop} time(s)'}) on {args.host}:{server.port} "
-            f"at {args.speed:g}x{', paused' if args.paused else ''}; Ctrl-C stops\n"
-        )
-        return await serve_until_stopped(server, banner)
-
-    try:
-        return run(go(), args.event_loop)
-    except (ReplayError, CaptureError, ValueError, OSError) as exc:
-        log.error("replay", error=str(exc))
-        return 2
-    except KeyboardInterrupt:
-        return 0
-
-
-__all__: Sequence[str] = ["ReplayError", "ReplaySource", "register"]

@@ -31,9 +31,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hil_server.sim.output import StreamFault
 from protocol import FaultKind
-
-from .sim.output import StreamFault
 
 FK = FaultKind
 

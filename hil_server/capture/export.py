@@ -24,16 +24,15 @@ import csv
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 
 import protocol as p
-
-from .capture import RECORD_OVERHEAD, Capture, iter_records, open_capture
-from .frame_text import _enum_name
+from hil_server.capture.format import RECORD_OVERHEAD, Capture, iter_records, open_capture
+from hil_server.client.text import _enum_name
 
 log = structlog.get_logger(__name__)
 
@@ -282,6 +281,14 @@ class _Collector:
         self.fault_marks.append((msg.t_sim_us / 1e6, kind, msg.phase))
 
 
+class ProgressSink(Protocol):
+    """Where ``export_capture`` reports how far it got (``cli._common.Progress`` on the command line)."""
+
+    def update(self, count: int, nbytes: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def export_capture(
     path: Path,
     out_dir: Path,
@@ -289,20 +296,19 @@ def export_capture(
     csv_only: bool = False,
     cells: Sequence[int] | None = None,
     plot_cells: int = 8,
-    progress: bool = True,
+    progress: ProgressSink | None = None,
 ) -> ExportResult:
     """Read ``path`` and write the CSV files (and the plots unless ``csv_only``) into ``out_dir``.
 
     A truncated capture exports what is complete; the result (and a warning) says how many bytes were
-    left. Raises CaptureError if the file is not a readable capture."""
-    from .capture_cli import Progress
-
+    left. ``progress`` (the command line's status line) is told records and bytes read as it goes.
+    Raises CaptureError if the file is not a readable capture."""
     capture: Capture = open_capture(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     collector = _Collector(out_dir, frozenset(cells) if cells else None, max(0, plot_cells))
     result = collector.result
     decoder = p.FrameDecoder()
-    bar = Progress("exporting", "record") if progress else None
+    bar = progress
     nbytes = capture.data_offset
     try:
         for record in iter_records(capture):

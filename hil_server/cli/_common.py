@@ -6,9 +6,14 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from ._loop import LOOP_CHOICES
+import structlog
+
+from hil_server.cli._loop import LOOP_CHOICES
+
+log = structlog.get_logger(__name__)
 
 
 def add_listen_args(parser: argparse.ArgumentParser, speed_help: str) -> None:
@@ -88,3 +93,57 @@ class StatusLine:
         if self.tty and self.width:
             sys.stderr.write("\r" + " " * self.width + "\r")
             sys.stderr.flush()
+
+
+class Progress:
+    """Frames, bytes and rate on stderr: a live line on a terminal, a log line every ``every_s`` else."""
+
+    def __init__(self, label: str, unit: str, every_s: float = 10.0) -> None:
+        self._line = StatusLine(every_s)
+        self._label = label
+        self._unit = unit
+        self._start = time.monotonic()
+
+    def update(self, count: int, nbytes: int) -> None:
+        rate = count / max(time.monotonic() - self._start, 1e-9)
+        text = f"{self._label}: {count} {self._unit}s, {nbytes / 1e6:.2f} MB, {rate:.0f} {self._unit}s/s"
+        if not self._line.show(text):
+            log.info(self._label, frames=count, bytes=nbytes, frames_per_s=round(rate, 1))
+
+    def close(self) -> None:
+        self._line.close()
+
+
+def write(text: str) -> None:
+    """Command output on stdout (logs go to stderr)."""
+    sys.stdout.write(text)
+
+
+def add_model_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", help="model directory (model.keras + metadata.json); default: the bundled model"
+    )
+
+
+def model_dir(args: argparse.Namespace) -> Path:
+    from hil_server.model.store import BUNDLED_MODEL_DIR
+
+    return Path(args.model) if args.model else BUNDLED_MODEL_DIR
+
+
+def scenario_command(command: str, body: Callable[[], int]) -> int:
+    """Run a command that loads a scenario and a model: a bad scenario prints every issue (file, line, key),
+    a missing model or file is one log line; both exit 2."""
+    from hil_server.capture.format import CaptureError
+    from hil_server.model.store import ModelLoadError
+    from hil_server.scenario import ScenarioError
+
+    try:
+        return body()
+    except ScenarioError as exc:
+        for issue in exc.errors:
+            write(f"{issue}\n")
+        return 2
+    except (ModelLoadError, CaptureError, ValueError, OSError) as exc:
+        log.error(command, error=str(exc))
+        return 2

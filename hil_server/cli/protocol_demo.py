@@ -19,8 +19,7 @@ import numpy.typing as npt
 import structlog
 
 import protocol as p
-
-from .frame_text import describe
+from hil_server.client.text import describe
 
 log = structlog.get_logger(__name__)
 

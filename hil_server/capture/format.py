@@ -419,7 +419,7 @@ def hello_meta(hello: Any, *, start_unix_us: int | None = None, **extra: Any) ->
     """The recommended metadata of a capture (CAPTURE.md section 4) from a ``protocol.ServerHello``, plus
     ``extra`` keys (server address, recorder, subscription...). ``start_unix_us``: the wall-clock time of
     ``t_us`` = 0 (default: now). Tool version and start time are added."""
-    from . import __version__
+    from hil_server import __version__
 
     now_us = time.time_ns() // 1000 if start_unix_us is None else start_unix_us
     meta: dict[str, Any] = {

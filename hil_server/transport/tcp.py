@@ -35,10 +35,9 @@ import numpy as np
 import structlog
 
 import protocol as p
-
-from .sim.engine import Engine
-from .sim.output import StreamFault
-from .sources import (
+from hil_server.sim.engine import Engine
+from hil_server.sim.output import StreamFault
+from hil_server.stream.source import (
     BIT_EVENT,
     BIT_POINT,
     BIT_STATES,
@@ -49,11 +48,11 @@ from .sources import (
     Source,
     Tick,
 )
-from .sources import Identity as ServerIdentity
-from .transport_faults import TransportFaults
+from hil_server.stream.source import Identity as ServerIdentity
+from hil_server.stream.stream_faults import TransportFaults
 
 if TYPE_CHECKING:
-    from .capture import CaptureWriter
+    from hil_server.capture.format import CaptureWriter
 
 log = structlog.get_logger(__name__)
 
@@ -415,7 +414,7 @@ class HilServer:
     ) -> None:
         """``source``: what to stream (an ``Engine`` with its ``identity`` is wrapped in an EngineSource).
         ``recorder``: every frame of the full stream (all cells, all kinds) is also written there."""
-        from . import __version__
+        from hil_server import __version__
 
         if isinstance(source, Engine):
             if identity is None:
@@ -516,7 +515,7 @@ class HilServer:
     def _record(self, msg_type: int, payload: bytes, flags: int = 0) -> None:
         if self.recorder is None:
             return
-        from .capture import DIR_TX, CaptureError
+        from hil_server.capture.format import DIR_TX, CaptureError
 
         try:
             t_us = round((self.now() - self._rec_t0) * 1e6)
@@ -531,7 +530,7 @@ class HilServer:
         rec, self.recorder = self.recorder, None
         if rec is None:
             return
-        from .capture import CaptureError
+        from hil_server.capture.format import CaptureError
 
         try:
             rec.close()
@@ -894,7 +893,7 @@ class HilServer:
 
 
 def identity_for(scenario_path: Any, scenario_name: str, model_sha256: str, model_id: str) -> ServerIdentity:
-    from .scenario import scenario_hash
+    from hil_server.scenario import scenario_hash
 
     return ServerIdentity(model_id, model_sha256, scenario_name, scenario_hash(scenario_path))
 
