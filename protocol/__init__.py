@@ -53,6 +53,7 @@ from ._messages import (
     ServerHello,
     Subscribe,
 )
+from ._session import DEVICE_TRANSITIONS, SERVER_TRANSITIONS, SessionState, negotiate_version
 
 __all__ = [
     "ALL_CELLS",
@@ -60,6 +61,7 @@ __all__ = [
     "AUTH_RESPONSE_SIZE",
     "CELL_STATE_DTYPE",
     "CRC_SIZE",
+    "DEVICE_TRANSITIONS",
     "HASH_SIZE",
     "HEADER_SIZE",
     "MAX_FRAME_SIZE",
@@ -69,6 +71,7 @@ __all__ = [
     "NEED_DATA",
     "PROTOCOL_MINOR",
     "PROTOCOL_VERSION",
+    "SERVER_TRANSITIONS",
     "SYNC",
     "Ack",
     "Bye",
@@ -101,6 +104,7 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "ServerHello",
+    "SessionState",
     "SimState",
     "Subscribe",
     "SubscribeMask",
@@ -111,6 +115,7 @@ __all__ = [
     "encode_frame",
     "encode_payload",
     "frame_payload",
+    "negotiate_version",
     "new_challenge",
     "verify_response",
 ]

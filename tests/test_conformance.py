@@ -19,7 +19,7 @@ import pytest
 import protocol as p
 from hil_server.client.client import HilClient
 from hil_server.testing import start_server, until
-from hil_server.transport.tcp import State
+from protocol import SessionState
 
 ROOT = Path(__file__).resolve().parent.parent
 EXE = ROOT / "firmware_stub" / "build" / "hil_tcp_client"
@@ -64,7 +64,7 @@ async def test_c_client_decodes_the_live_stream_like_python() -> None:
     states: dict[int, p.CellStates] = {}
     spectra: dict[tuple[int, int], p.EisSpectrum] = {}
     try:
-        await until(lambda: sum(s.state is State.STREAMING for s in server.sessions.values()) >= 2, 20)
+        await until(lambda: sum(s.state is SessionState.STREAMING for s in server.sessions.values()) >= 2, 20)
         assert isinstance(await python.control(p.Control(p.ControlCommand.RESUME)), p.Ack)
         while len(states) < 700 or len(spectra) < 24:
             msg = (await python.next_frame(timeout=10)).message

@@ -557,9 +557,10 @@ async def test_a_stalled_paced_stream_and_a_slow_collection_are_logged(
     import structlog
 
     import hil_server.transport.tcp as server_module
+    from hil_server.app import identity_for
     from hil_server.model.store import BUNDLED_MODEL_DIR
     from hil_server.sim.run import build_engine
-    from hil_server.transport.tcp import HilServer, ServerConfig, identity_for
+    from hil_server.transport.tcp import HilServer, ServerConfig
 
     offset = 0.0
     engine, sc, meta = build_engine(US06, BUNDLED_MODEL_DIR, None)

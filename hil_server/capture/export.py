@@ -32,7 +32,7 @@ import structlog
 
 import protocol as p
 from hil_server.capture.format import RECORD_OVERHEAD, Capture, iter_records, open_capture
-from hil_server.client.text import _enum_name
+from hil_server.client.text import enum_name
 
 log = structlog.get_logger(__name__)
 
@@ -263,8 +263,8 @@ class _Collector:
         cells = msg.cells.tolist()
         if self.wanted is not None and cells and not self.wanted.intersection(cells):
             return
-        kind = _enum_name(p.FaultKind, msg.kind)
-        phase = _enum_name(p.FaultPhase, msg.phase)
+        kind = enum_name(p.FaultKind, msg.kind)
+        phase = enum_name(p.FaultPhase, msg.phase)
         self.faults.writerow(
             (
                 f"{msg.t_sim_us / 1e6:.6f}",

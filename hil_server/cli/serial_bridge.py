@@ -154,9 +154,9 @@ async def _main(args: argparse.Namespace, opener: Opener = open_serial) -> int:
 async def _start_scenario(
     args: argparse.Namespace, secret: bytes | None
 ) -> tuple[HilServer, float | None, bool]:
+    from hil_server.app import start_server
     from hil_server.model.store import ModelLoadError
     from hil_server.scenario import ScenarioError
-    from hil_server.testing import start_server
 
     try:
         server = await start_server(

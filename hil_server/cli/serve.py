@@ -33,7 +33,7 @@ DEFAULT_SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "us06_25c
 
 
 async def _serve(args: argparse.Namespace, scenario: Path, demo_seconds: float | None = None) -> int:
-    from hil_server.testing import start_server
+    from hil_server.app import start_server
 
     secret = read_secret(args)
     server = await start_server(

@@ -7,7 +7,7 @@ import numpy as np
 import protocol as p
 
 
-def _enum_name(
+def enum_name(
     enum: type[p.FaultKind] | type[p.FaultPhase] | type[p.ErrorCode] | type[p.ControlCommand], value: int
 ) -> str:
     try:
@@ -60,16 +60,16 @@ def describe_message(message: p.Message) -> str:
         case p.FaultEvent():
             return (
                 f"t={message.t_sim_us / 1e6:.3f}s fault {message.fault_id} "
-                f"{_enum_name(p.FaultKind, message.kind)} {'START' if message.phase == 1 else 'END'} "
+                f"{enum_name(p.FaultKind, message.kind)} {'START' if message.phase == 1 else 'END'} "
                 f"cells={message.cells.tolist()} severity={message.severity_ppm / 1e4:.1f}%"
             )
         case p.Control():
-            command = _enum_name(p.ControlCommand, message.command)
+            command = enum_name(p.ControlCommand, message.command)
             return f"{command} cell={message.cell} value={message.value} aux={message.aux}"
         case p.Nak() | p.Error() | p.Bye():
             fields = message.to_dict()
             code = fields.get("code", fields.get("reason", 0))
-            return f"{_enum_name(p.ErrorCode, code)}: {fields['message']}"
+            return f"{enum_name(p.ErrorCode, code)}: {fields['message']}"
         case _:
             return " ".join(f"{name}={_short(value)}" for name, value in message.to_dict().items())
 

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
-import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -10,8 +8,15 @@ from typing import TYPE_CHECKING
 import structlog
 
 import protocol as p
+from hil_server.session.server_session import (
+    DETAIL_MAX,
+    ServerSession,
+    heartbeat,
+    lateness_percentiles_us,
+)
 from hil_server.transport.serial.budget import Budget
 from hil_server.transport.serial.line_pacer import LinePacer
+from protocol import DEVICE_TRANSITIONS, SessionState
 
 if TYPE_CHECKING:
     pass
@@ -39,13 +44,7 @@ class Forward:
     subscription: Subscription | None = None
 
 
-class SessionState(enum.Enum):
-    WAITING = "waiting"
-    """No CLIENT_HELLO yet in this serial connection: SERVER_HELLO is repeated."""
-    READY = "ready"
-
-
-class DeviceSession:
+class DeviceSession(ServerSession):
     """The serial side in ``--format protocol``: toward the device the bridge is the server (SPEC.md 6).
 
     A *serial connection* starts when the port is first opened, after the device's BYE, and when a device
@@ -53,7 +52,14 @@ class DeviceSession:
     (the upstream's, with ``auth_required`` 0) is sent and repeated every ``hello_interval_s`` until a
     CLIENT_HELLO arrives, and the default subscription (the command line's) streams until the device sends
     its own SUBSCRIBE. A port that disappears and comes back does not start a new serial connection.
+
+    Everything a server says to its peer (handshake, bad input, subscription checks, timeouts, heartbeat
+    content) is ``ServerSession``'s, with the device's state table; what this class adds is the serial
+    connection's life cycle and forwarding requests upstream.
     """
+
+    me = "bridge"
+    peer = "device"
 
     def __init__(
         self,
@@ -67,6 +73,9 @@ class DeviceSession:
         heartbeat_s: float = 1.0,
         peer_timeout_s: float = 5.0,
     ) -> None:
+        super().__init__(
+            transitions=DEVICE_TRANSITIONS, peer_timeout_s=peer_timeout_s, logger=log.bind(side="serial")
+        )
         self.hello = dataclasses.replace(hello, auth_required=0, auth_challenge=bytes(p.AUTH_CHALLENGE_SIZE))
         self.default = default
         self.pacer = pacer
@@ -74,21 +83,15 @@ class DeviceSession:
         self.plan = plan
         self.hello_interval_s = hello_interval_s
         self.heartbeat_s = heartbeat_s
-        self.peer_timeout_s = peer_timeout_s
         self.generation = 0
         self.encoder = p.FrameEncoder()
-        self.decoder = p.FrameDecoder()
-        self.state = SessionState.WAITING
         self.subscription = default
         self.upstream_subscription = default
         self.effective_divider = plan(default).effective_divider
-        self.device_name = ""
-        self.last_rx = 0.0
         self.next_hello = 0.0
         self.next_heartbeat = 0.0
-        self.last_garbage_error = -math.inf
+        self._forwards: list[Forward] = []
         # counters of this serial connection
-        self.rx_bad = 0
         self.decimated = 0
         self.dropped_base = 0
         self.sent_base = 0
@@ -97,7 +100,6 @@ class DeviceSession:
         # upstream view, for heartbeats
         self.t_sim_us = 0
         self.sim_state = p.SimState.IDLE
-        self.log = log.bind(side="serial")
 
     # -- connection ---------------------------------------------------------------------------------------
     def open(self, now: float) -> list[Forward]:
@@ -105,7 +107,7 @@ class DeviceSession:
         self.generation += 1
         self.encoder = p.FrameEncoder()
         self.decoder = p.FrameDecoder()
-        self.state = SessionState.WAITING
+        self.state = SessionState.HANDSHAKE
         self.subscription = self.default
         self.effective_divider = self.plan(self.default).effective_divider
         self.rx_bad = 0
@@ -140,13 +142,13 @@ class DeviceSession:
         )
 
     def tick(self, now: float) -> None:
-        if self.state is SessionState.WAITING and now >= self.next_hello:
+        if self.state is SessionState.HANDSHAKE and now >= self.next_hello:
             if self.pacer.queued("hello") == 0:
                 self._send(self.hello, now, droppable=False, kind="hello")
             self.next_hello = now + self.hello_interval_s
         if not self.pacer.online:
             self.last_rx = now  # the port is gone, not the device: the session waits for the reopen
-        elif self.state is SessionState.READY and now - self.last_rx > self.peer_timeout_s:
+        elif self.expired(now) is not None:
             self.log.warning("device silent, new serial connection", silent_s=round(now - self.last_rx, 1))
             raise RestartSessionError
         if now >= self.next_heartbeat:
@@ -155,24 +157,16 @@ class DeviceSession:
                 self._send(self._heartbeat(), now, droppable=False, kind="heartbeat")
 
     def _heartbeat(self) -> p.Heartbeat:
-        lat = sorted(self.pacer.latency_s)
+        lateness = lateness_percentiles_us([s * 1e6 for s in self.pacer.latency_s])
         self.pacer.latency_s.clear()
-
-        def pct(q: float) -> int:
-            if not lat:
-                return 0
-            return min(2**32 - 1, int(lat[min(len(lat) - 1, int(q * len(lat)))] * 1e6))
-
-        return p.Heartbeat(
+        return heartbeat(
             self.t_sim_us,
             time.time_ns() // 1000,
             self.pacer.frames_sent - self.sent_base,
             self.frames_dropped,
-            self.rx_bad & 0xFFFFFFFF,
-            pct(0.5),
-            pct(0.99),
-            pct(1.0),
-            min(self.pacer.queued(), 0xFFFF),
+            self.rx_bad,
+            lateness,
+            self.pacer.queued(),
             int(self.sim_state),
         )
 
@@ -200,82 +194,35 @@ class DeviceSession:
             self.log.warning("upstream error", code=msg.code, ref_seq=msg.ref_seq, message=msg.message)
 
     # -- from the device -----------------------------------------------------------------------------------
-    def feed(self, data: bytes, now: float) -> list[Forward]:
-        self.decoder.feed(data)
-        out: list[Forward] = []
-        for item in self.decoder.events():
-            if isinstance(item, p.RemoteProtocolError):
-                self._bad_input(item, now)
-            else:
-                self.last_rx = now
-                out += self._handle(item, now)
+    def feed(self, data: bytes, now: float) -> list[Forward]:  # type: ignore[override]
+        """The device's bytes; returns what must go upstream (its SUBSCRIBE and CONTROL requests)."""
+        self._forwards = []
+        super().feed(data, now)
+        out, self._forwards = self._forwards, []
         return out
 
-    def _bad_input(self, err: p.RemoteProtocolError, now: float) -> None:
-        self.rx_bad += 1
-        self.log.warning("bad input from device", kind=err.kind.name, detail=err.detail, seq=err.seq)
-        if err.seq is not None:
-            if err.msg_type == p.MsgType.CONTROL:
-                self.reply(p.Nak(err.seq, 0, err.kind.code, err.detail[:200]), now)
-            else:
-                self.reply(p.Error(err.kind.code, err.seq, err.detail[:200]), now)
-        elif now - self.last_garbage_error >= 1.0:
-            self.last_garbage_error = now
-            self.reply(p.Error(err.kind.code, 0, err.detail[:200]), now)
+    def handle(self, frame: p.Frame, now: float) -> None:
+        self.last_rx = now
+        super().handle(frame, now)
 
-    def _handle(self, frame: p.Frame, now: float) -> list[Forward]:
-        msg, seq = frame.message, frame.seq
-        if isinstance(msg, p.Heartbeat):
-            return []
-        if isinstance(msg, p.Bye):
-            self.log.info("device said bye", reason=msg.reason, message=msg.message)
-            raise RestartSessionError
-        if isinstance(msg, p.ClientHello):
-            lo, hi = max(msg.proto_min_major, 1), min(msg.proto_max_major, p.PROTOCOL_VERSION)
-            if lo > hi:
-                theirs = f"{msg.proto_min_major}..{msg.proto_max_major}"
-                text = f"bridge speaks protocol 1..{p.PROTOCOL_VERSION}, device {theirs}"
-                self.reply(p.Error(p.ErrorCode.UNSUPPORTED_VERSION, seq, text), now)
-                self.reply(p.Bye(p.ErrorCode.UNSUPPORTED_VERSION, text), now)
-                self.log.warning("device protocol version not supported", detail=text)
-                raise RestartSessionError
-            self.state = SessionState.READY
-            self.device_name = msg.client_name
-            self.log = self.log.bind(device=msg.client_name)
-            self.log.info("device hello", version=hi)
-            self.reply(p.Ack(seq, 0, hi), now)
-            return []
-        if self.state is SessionState.WAITING:
-            self.reply(p.Error(p.ErrorCode.NOT_ALLOWED_IN_STATE, seq, "send CLIENT_HELLO first"), now)
-            return []
-        if isinstance(msg, p.Subscribe):
-            return self._subscribe(seq, msg, now)
-        if isinstance(msg, p.Control):
-            return [Forward(msg, seq, self.generation)]
-        name = p.MsgType(msg.MSG_TYPE).name
-        self.reply(
-            p.Error(p.ErrorCode.NOT_ALLOWED_IN_STATE, seq, f"{name} is not accepted from a device"), now
+    def end(self, code: p.ErrorCode | None, text: str, now: float) -> None:
+        if code is not None:
+            self.reply(p.Bye(code, text), now)
+        raise RestartSessionError
+
+    def subscribable_cells(self) -> frozenset[int]:
+        return (
+            self.allowed_cells if self.allowed_cells is not None else frozenset(range(self.hello.cell_count))
         )
-        return []
 
-    def _subscribe(self, seq: int, msg: p.Subscribe, now: float) -> list[Forward]:
-        n = self.hello.cell_count
-        cells = tuple(int(c) for c in msg.cells)
-        allowed = self.allowed_cells if self.allowed_cells is not None else frozenset(range(n))
-        bad = [c for c in cells if c not in allowed]
-        if bad:
-            text = f"cells {bad} are not served by this bridge (allowed: {_ranges(sorted(allowed))})"
-            self.reply(p.Nak(seq, 0, p.ErrorCode.UNKNOWN_CELL, text[:200]), now)
-            return []
-        if msg.eis_mode not in tuple(p.EisMode):
-            self.reply(
-                p.Nak(seq, 0, p.ErrorCode.OUT_OF_RANGE, f"eis_mode {msg.eis_mode} is not 0, 1 or 2"), now
-            )
-            return []
+    def subscribe(self, seq: int, msg: p.Subscribe, cells: tuple[int, ...], now: float) -> None:
         if not cells and self.allowed_cells is not None:
             cells = tuple(sorted(self.allowed_cells))
         sub = Subscription(msg.msg_mask, max(1, msg.state_divider), msg.eis_mode, cells)
-        return [Forward(_subscribe_message(sub), seq, self.generation, sub)]
+        self._forwards.append(Forward(_subscribe_message(sub), seq, self.generation, sub))
+
+    def control(self, seq: int, msg: p.Control, now: float) -> None:
+        self._forwards.append(Forward(msg, seq, self.generation))
 
     def resolve(self, fwd: Forward, reply: p.Ack | p.Nak | None, detail: str, now: float) -> None:
         """The upstream's answer to ``fwd`` (None: none came), mapped back to the device's seq."""
@@ -294,7 +241,7 @@ class DeviceSession:
         if fwd.device_seq is None:
             return
         if reply is None:
-            self.reply(p.Nak(fwd.device_seq, command, p.ErrorCode.INTERNAL, detail[:200]), now)
+            self.reply(p.Nak(fwd.device_seq, command, p.ErrorCode.INTERNAL, detail[:DETAIL_MAX]), now)
         elif isinstance(reply, p.Ack):
             self.reply(p.Ack(fwd.device_seq, command, reply.result), now)
         else:
@@ -309,20 +256,6 @@ def _subscribe_message(sub: Subscription) -> p.Subscribe:
     import numpy as np
 
     return p.Subscribe(sub.mask, sub.divider, sub.eis_mode, np.array(sub.cells, dtype=np.uint16))
-
-
-def _ranges(values: list[int]) -> str:
-    if not values:
-        return "none"
-    out, start, prev = [], values[0], values[0]
-    for v in [*values[1:], None]:
-        if v is not None and v == prev + 1:
-            prev = v
-            continue
-        out.append(f"{start}" if start == prev else f"{start}..{prev}")
-        if v is not None:
-            start = prev = v
-    return ", ".join(out)
 
 
 # -- port handling -----------------------------------------------------------------------------------------
