@@ -23,6 +23,7 @@ from typing import Any
 
 from hil_server.app import start_server
 from hil_server.client.client import HilClient
+from hil_server.transport.loopback import connect
 from hil_server.transport.tcp import HilServer
 
 
@@ -43,10 +44,17 @@ async def loopback(
     *,
     name: str = "loopback-client",
     secret: bytes | None = None,
+    pipe: bool = False,
     **config: Any,
 ) -> AsyncIterator[tuple[HilServer, HilClient]]:
+    """A started server and a client connected to it (handshake done). ``pipe``: through an in-process
+    pipe (``transport.loopback``) instead of a loopback TCP socket; the server's session is the same."""
     server = await start_server(scenario, secret=secret, **config)
-    client = await HilClient.connect("127.0.0.1", server.port, name=name, secret=secret)
+    if pipe:
+        reader, writer = await connect(server)
+        client = await HilClient.over(reader, writer, name=name, secret=secret)
+    else:
+        client = await HilClient.connect("127.0.0.1", server.port, name=name, secret=secret)
     try:
         yield server, client
     finally:

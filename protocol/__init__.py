@@ -5,7 +5,7 @@ is the normative specification.
 """
 
 from ._auth import auth_response, new_challenge, verify_response
-from ._codec import decode_payload, encode_frame, encode_payload, frame_payload
+from ._codec import decode_payload, encode_frame, encode_payload, fixed_payload_size, frame_payload
 from ._constants import (
     ALL_CELLS,
     AUTH_CHALLENGE_SIZE,
@@ -31,10 +31,10 @@ from ._constants import (
     SubscribeMask,
 )
 from ._crc import crc16_ccitt_false, crc32c
-from ._decoder import NEED_DATA, DecoderStats, Frame, FrameDecoder, NeedData
+from ._decoder import NEED_DATA, Frame, FrameDecoder, NeedData
 from ._encoder import FrameEncoder
 from ._errors import DecodeErrorKind, LocalProtocolError, ProtocolError, RemoteProtocolError
-from ._framing import FrameSplitter
+from ._framing import DecoderStats, FrameSplitter
 from ._messages import (
     CELL_STATE_DTYPE,
     MESSAGE_CLASSES,
@@ -114,6 +114,7 @@ __all__ = [
     "decode_payload",
     "encode_frame",
     "encode_payload",
+    "fixed_payload_size",
     "frame_payload",
     "negotiate_version",
     "new_challenge",

@@ -32,7 +32,7 @@ import structlog
 
 import protocol as p
 from hil_server.capture.format import RECORD_OVERHEAD, Capture, iter_records, open_capture
-from hil_server.client.text import enum_name
+from hil_server.client.text import cell_ranges, enum_name
 
 log = structlog.get_logger(__name__)
 
@@ -89,7 +89,7 @@ class ExportResult:
             f"state rows, {self.faults} fault events, {len(self.cells)} cells; {len(self.pngs)} plots"
         )
         if self.pngs and len(self.plotted_cells) < len(self.cells):
-            text += f" (cells {_ranges(self.plotted_cells)} of {len(self.cells)} plotted)"
+            text += f" (cells {cell_ranges(self.plotted_cells)} of {len(self.cells)} plotted)"
         if self.undecodable:
             text += f"; {self.undecodable} frames not decodable (skipped)"
         if self.truncated_bytes:
@@ -97,17 +97,6 @@ class ExportResult:
                 f"; WARNING: capture truncated, {self.truncated_bytes} bytes after the last record ignored"
             )
         return text
-
-
-def _ranges(cells: Sequence[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2, 5'."""
-    parts: list[str] = []
-    for c in sorted(cells):
-        if parts and parts[-1].split("-")[-1] == str(c - 1):
-            parts[-1] = f"{parts[-1].split('-')[0]}-{c}"
-        else:
-            parts.append(str(c))
-    return ", ".join(parts)
 
 
 @dataclasses.dataclass
@@ -341,7 +330,7 @@ def export_capture(
         if len(result.cells) > len(result.plotted_cells):
             log.info(
                 "plotting a subset of cells",
-                plotted=_ranges(result.plotted_cells),
+                plotted=cell_ranges(result.plotted_cells),
                 of=len(result.cells),
                 hint="--cells chooses them, --plot-cells raises the cap",
             )
@@ -467,7 +456,7 @@ def _timeline(collector: _Collector, out_dir: Path, title: str, plt: Any) -> Pat
             )
     axes[-1].set_xlabel("simulation time / s")
     shown = sorted(collector.series)
-    subtitle = f"cells {_ranges(shown)}" + (f" of {n_cells} (band: all)" if n_cells > len(shown) else "")
+    subtitle = f"cells {cell_ranges(shown)}" + (f" of {n_cells} (band: all)" if n_cells > len(shown) else "")
     axes[0].set_title(f"{title}: state timeline, {subtitle}; faults: red start, grey end", fontsize=10)
     if shown:
         axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)

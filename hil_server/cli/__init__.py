@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     from hil_server.cli._logging import configure_logging
 
     words = sys.argv[1:] if argv is None else argv
-    command = _command_in(words)
-    args = build_parser(only=command).parse_args(words)
+    # no command named (``--help``, a typo): no command module is loaded, argparse lists the commands
+    args = build_parser(only=_command_in(words) or "").parse_args(words)
     configure_logging(json=args.log_json, level=args.log_level)
     code: int = args.func(args)
     return code

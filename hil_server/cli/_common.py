@@ -36,6 +36,16 @@ def add_event_loop_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_secret_args(parser: argparse.ArgumentParser) -> None:
+    """The options of a client of a server that may require authentication: the shared secret, from a file
+    or an environment variable (one of the two)."""
+    secret = parser.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--secret-file", help="shared secret for the server's challenge-response auth, in this file"
+    )
+    secret.add_argument("--secret-env", help="... or in this environment variable")
+
+
 def read_secret(args: argparse.Namespace) -> bytes | None:
     """The shared secret of ``--secret-file`` (stripped) or ``--secret-env``; None if neither was given."""
     if getattr(args, "secret_file", None):

@@ -11,7 +11,7 @@ are counted), sequence continuity (gaps and the number of frames they hide), and
 - ``--table`` (default on a terminal): a table redrawn in place at most 4 times a second, one row per cell.
   The table is a pure function of a :class:`MonitorState` (:func:`render_table`), so it is tested without a
   terminal.
-- ``--lines`` (default otherwise): one line per frame (``frame_text.describe``).
+- ``--lines`` (default otherwise): one line per frame (``client.text.describe``).
 - ``--out FILE.jsonl``: every frame as a JSON line with its receive time (``t_rx``, Unix seconds).
 
 ``--control`` sends commands once connected (:func:`parse_control` lists the forms) and prints each ACK or
@@ -38,7 +38,7 @@ from typing import IO, Literal
 import structlog
 
 import protocol as p
-from hil_server.cli._common import read_secret
+from hil_server.cli._common import add_secret_args, read_secret
 from hil_server.client.client import ClientError
 from hil_server.client.control_syntax import CONTROL_FORMS, EIS_MODES, MASK_NAMES, control_arg, parse_mask
 from hil_server.client.monitor import (
@@ -385,9 +385,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"commands to send once connected: {CONTROL_FORMS.replace('%', '%%')}. "
         "With --count 0: send them and exit (exit 1 if one was refused)",
     )
-    secret = parser.add_mutually_exclusive_group()
-    secret.add_argument("--secret-file", help="shared secret for the server's challenge-response auth")
-    secret.add_argument("--secret-env", help="... or the environment variable that holds it")
+    add_secret_args(parser)
     parser.add_argument(
         "--strict",
         action="store_true",

@@ -16,7 +16,7 @@ import structlog
 import protocol as p
 from hil_server.capture.format import CaptureError, CaptureWriter, hello_meta
 from hil_server.capture.recorder import RecordTap, recording_client_class
-from hil_server.cli._common import Progress, cell_index, read_secret
+from hil_server.cli._common import Progress, add_secret_args, cell_index, read_secret
 
 if TYPE_CHECKING:
     pass
@@ -146,6 +146,4 @@ def add_arguments(rec: argparse.ArgumentParser) -> None:
     rec.add_argument("--cells", type=cell_index, nargs="*", help="cells to subscribe (default all)")
     rec.add_argument("--divider", type=int, default=1, help="every n-th cell-state step")
     rec.add_argument("--name", default="eis-hil-record", help="client name sent to the server")
-    secret = rec.add_mutually_exclusive_group()
-    secret.add_argument("--secret-file", help="shared secret for authentication, in this file")
-    secret.add_argument("--secret-env", help="... or in this environment variable")
+    add_secret_args(rec)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 import protocol as p
-from hil_server.cli._common import cell_index, read_secret
+from hil_server.cli._common import add_secret_args, cell_index, read_secret
 from hil_server.transport.serial.bridge import (
     EXIT_OK,
     EXIT_PORT_GONE,
@@ -52,7 +52,7 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--cells", type=cell_index, nargs="+", help="cells to serve (default: all)")
     sp.add_argument("--divider", type=int, default=1, help="send every n-th step's states (default 1)")
     sp.add_argument("--format", choices=[f.value for f in OutputFormat], default="protocol")
-    sp.add_argument("--secret-file", help="shared secret for an upstream server that requires it")
+    add_secret_args(sp)  # for an upstream server that requires it
     sp.add_argument("--name", default="serial-bridge", help="client name upstream")
     sp.add_argument(
         "--eis-interval",

@@ -18,6 +18,7 @@ import contextlib
 from typing import Any
 
 import protocol as p
+from hil_server.client.seq import SeqTracker
 
 
 class ClientError(Exception):
@@ -37,10 +38,15 @@ class HilClient:
         self.errors: list[p.RemoteProtocolError] = []
         self.server_errors: list[p.Error] = []
         self.bye: p.Bye | None = None
-        self.gaps = 0
+        self.sequence = SeqTracker()
+        """Continuity of the server's seq as frames arrive (gaps, lost, late, duplicates)."""
         self.received = 0
-        self._last_seq: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def gaps(self) -> int:
+        """Forward jumps in the server's seq (each hides one or more frames; SPEC.md 2.3)."""
+        return self.sequence.gaps
 
     @classmethod
     async def connect(
@@ -55,6 +61,29 @@ class HilClient:
         versions: tuple[int, int] = (p.PROTOCOL_VERSION, p.PROTOCOL_VERSION),
     ) -> HilClient:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        return await cls.over(
+            reader,
+            writer,
+            name=name,
+            secret=secret,
+            timeout=timeout,
+            heartbeat_s=heartbeat_s,
+            versions=versions,
+        )
+
+    @classmethod
+    async def over(
+        cls,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        name: str = "eis-hil-client",
+        secret: bytes | None = None,
+        timeout: float = 5.0,
+        heartbeat_s: float = 1.0,
+        versions: tuple[int, int] = (p.PROTOCOL_VERSION, p.PROTOCOL_VERSION),
+    ) -> HilClient:
+        """A client over a connection already open (``transport.loopback.connect``): handshake done."""
         client = cls(reader, writer, name)
         client._tasks.append(asyncio.create_task(client._read_loop()))
         try:
@@ -157,9 +186,7 @@ class HilClient:
 
     def _dispatch(self, frame: p.Frame) -> None:
         self.received += 1
-        if self._last_seq is not None and (frame.seq - self._last_seq) & 0xFFFFFFFF != 1:
-            self.gaps += 1
-        self._last_seq = frame.seq
+        self.sequence.see(frame.seq)
         msg = frame.message
         if isinstance(msg, p.Ack | p.Nak) and msg.ack_seq in self.pending:
             future = self.pending[msg.ack_seq]

@@ -15,7 +15,7 @@ import numpy as np
 import protocol as p
 from hil_server.client.client import HilClient
 from hil_server.client.seq import SeqTracker
-from hil_server.client.text import describe
+from hil_server.client.text import describe, enum_name
 
 
 @dataclasses.dataclass
@@ -176,12 +176,7 @@ def flag_letters(flags: int) -> str:
 
 
 def _state_name(state: int | None) -> str:
-    if state is None:
-        return "?"
-    try:
-        return p.SimState(state).name
-    except ValueError:
-        return f"state {state}"
+    return "?" if state is None else enum_name(p.SimState, state, "state {value}")
 
 
 def _ms(us: int) -> str:
@@ -310,10 +305,7 @@ def render_table(state: MonitorState, width: int = 120, height: int | None = Non
 
 
 def _fault_name(kind: int) -> str:
-    try:
-        return p.FaultKind(kind).name
-    except ValueError:
-        return f"kind 0x{kind:02x}"
+    return enum_name(p.FaultKind, kind, "kind 0x{value:02x}")
 
 
 def summary_text(state: MonitorState, seconds: float) -> str:

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterable
+
 import numpy as np
 
 import protocol as p
 
 
-def enum_name(
-    enum: type[p.FaultKind] | type[p.FaultPhase] | type[p.ErrorCode] | type[p.ControlCommand], value: int
-) -> str:
+def enum_name(enum_type: type[enum.IntEnum], value: int, unknown: str = "0x{value:02x}") -> str:
+    """The member's name, or ``unknown`` formatted with the value (a newer peer may send values we lack)."""
     try:
-        return enum(value).name
+        return enum_type(value).name
     except ValueError:
-        return f"0x{value:02x}"
+        return unknown.format(value=value)
+
+
+def cell_ranges(values: Iterable[int], sep: str = "..") -> str:
+    """Cell indices as ranges: ``[0, 1, 2, 5]`` -> ``0..2, 5`` (``none`` when empty)."""
+    cells = sorted(values)
+    if not cells:
+        return "none"
+    out, start, prev = [], cells[0], cells[0]
+    for v in [*cells[1:], None]:
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        out.append(f"{start}" if start == prev else f"{start}{sep}{prev}")
+        if v is not None:
+            start = prev = v
+    return ", ".join(out)
 
 
 def _short(value: object) -> object:

@@ -88,8 +88,3 @@ def load_drive_cycle(path: Path, name: str, signal: DriveSignal, to_si: float = 
     time_s.setflags(write=False)
     value.setflags(write=False)
     return DriveCycle(name=name, source=path, signal=signal, time_s=time_s, value=value)
-
-
-def load_bundled(name: str) -> DriveCycle:
-    spec = BUNDLED[name]
-    return load_drive_cycle(BUNDLED_DIR / spec.file, name, spec.signal, spec.to_si)

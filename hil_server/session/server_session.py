@@ -12,7 +12,7 @@ that is never dropped), ``subscribe``, ``control`` and ``end`` (close after a re
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -78,9 +78,12 @@ class ServerSession:
         (``code`` None)."""
         raise NotImplementedError
 
-    def subscribable_cells(self) -> frozenset[int] | None:
-        """The cells a SUBSCRIBE may name; None: ``range(cell_count())``."""
-        return None
+    def subscribable_cells(self) -> range | frozenset[int]:
+        """The cells a SUBSCRIBE may name."""
+        return range(self.cell_count())
+
+    def refused_cells_text(self, bad: list[int]) -> str:
+        return f"cells {bad} do not exist (0..{self.cell_count() - 1})"
 
     def cell_count(self) -> int:
         raise NotImplementedError
@@ -169,15 +172,11 @@ class ServerSession:
         """The cells of a SUBSCRIBE if it may be carried out; else a NAK is sent and None returned."""
         cells = tuple(int(c) for c in msg.cells)
         allowed = self.subscribable_cells()
-        if allowed is None:
-            n = self.cell_count()
-            bad = [c for c in cells if c >= n]
-            text = f"cells {bad} do not exist (0..{n - 1})"
-        else:
-            bad = [c for c in cells if c not in allowed]
-            text = f"cells {bad} are not served by this bridge (allowed: {cell_ranges(sorted(allowed))})"
+        bad = [c for c in cells if c not in allowed]
         if bad:
-            self.reply(p.Nak(seq, 0, p.ErrorCode.UNKNOWN_CELL, text[:DETAIL_MAX]), now)
+            self.reply(
+                p.Nak(seq, 0, p.ErrorCode.UNKNOWN_CELL, self.refused_cells_text(bad)[:DETAIL_MAX]), now
+            )
             return None
         if msg.eis_mode not in tuple(p.EisMode):
             self.reply(
@@ -224,19 +223,3 @@ def heartbeat(
     return p.Heartbeat(
         t_sim_us, t_wall_us, sent, dropped, rx_bad & 0xFFFFFFFF, p50, p99, mx, min(queued, 0xFFFF), sim_state
     )
-
-
-def cell_ranges(values: Iterable[int]) -> str:
-    """Sorted cell indices as ranges: ``0..2, 5`` (``none`` when empty)."""
-    values = list(values)
-    if not values:
-        return "none"
-    out, start, prev = [], values[0], values[0]
-    for v in [*values[1:], None]:
-        if v is not None and v == prev + 1:
-            prev = v
-            continue
-        out.append(f"{start}" if start == prev else f"{start}..{prev}")
-        if v is not None:
-            start = prev = v
-    return ", ".join(out)

@@ -1,4 +1,4 @@
-"""``eis-hil replay``: serve a recorded capture to clients with its original timing.
+"""A source that serves a recorded capture with its original timing (``eis-hil replay``).
 
 The capture (``hil_server/CAPTURE.md``) holds every frame with its receive or send time. Replay serves the
 stream messages of it (CELL_STATES, EIS_SPECTRUM, EIS_POINT, FAULT_EVENT) through the same sessions as a live

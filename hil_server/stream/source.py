@@ -19,7 +19,9 @@ from hil_server.model.linkk import kk_residual
 from hil_server.sim.engine import Engine
 from hil_server.sim.output import StepOutput, StreamFault
 
-MAX_CELLS_PER_FRAME = (p.MAX_PAYLOAD_SIZE - 24) // p.CELL_STATE_DTYPE.itemsize  # 24: the fixed part
+MAX_CELLS_PER_FRAME = (
+    p.MAX_PAYLOAD_SIZE - p.fixed_payload_size(p.MsgType.CELL_STATES)
+) // p.CELL_STATE_DTYPE.itemsize
 INT32 = (-(2**31), 2**31 - 1)
 
 

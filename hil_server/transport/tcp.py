@@ -312,7 +312,7 @@ class HilServer(StreamScheduler, StreamControl):
             log.warning(
                 "listening beyond loopback", host=self.config.host, auth=self.config.secret is not None
             )
-        self._server = await asyncio.start_server(self._connected, self.config.host, self.config.port)
+        self._server = await asyncio.start_server(self.accept, self.config.host, self.config.port)
         gc.callbacks.append(self._gc_watch)
         self._tasks = [asyncio.create_task(self._sim_loop()), asyncio.create_task(self._heartbeat_loop())]
         log.info(
@@ -381,7 +381,8 @@ class HilServer(StreamScheduler, StreamControl):
         log.info("recording closed", path=str(rec.path), records=rec.records, bytes=rec.bytes_written)
 
     # -- sessions ------------------------------------------------------------------------------------
-    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection until it ends (TCP, or ``transport.loopback``'s in-process pipe)."""
         sid = self.next_sid
         self.next_sid += 1
         session = Session(self, reader, writer, sid)

@@ -1,19 +1,21 @@
-"""``eis-hil serial-bridge``: the eis-hil stream over a UART (user documentation: ``hil_server/SERIAL.md``).
+"""The serial bridge: the eis-hil stream over a UART (user documentation: ``hil_server/SERIAL.md``).
 
 Upstream the bridge is an ordinary protocol client (``HilClient``) of a running server, or of a server it
 starts in-process on a loopback port (``--scenario``). Downstream it writes to a serial port either the same
 binary protocol (``--format protocol``: toward the device the bridge plays the server, with its own
 sequence numbers, handshake answers and heartbeats) or the text of the AD5940 battery-impedance example
-firmware (``--format ad5940``, ``instrument.py``).
+firmware (``--format ad5940``, ``ad5940.py``).
 
-Layers, after the sans-IO split of the protocol package:
+Layers, one module each in this package:
 
-- ``plan_budget``: bytes per second the stream needs against ``baud / 10`` (8N1), and the state divider
-  that makes it fit (decimation).
-- ``LinePacer``: the line itself, sans-IO with an explicit clock: a token bucket at the line rate, a queue
-  of replies that are never dropped and a bounded queue of telemetry dropped oldest-first.
-- ``DeviceSession``: the protocol session toward the device, sans-IO: handshake, subscription, control
-  forwarding with seq mapping, heartbeats, hello repeats, peer timeout.
+- ``budget.plan_budget``: bytes per second the stream needs against ``baud / 10`` (8N1), and the state
+  divider that makes it fit (decimation).
+- ``line_pacer.LinePacer``: the line itself, sans-IO with an explicit clock: a token bucket at the line
+  rate, a queue of replies that are never dropped and a bounded queue of telemetry dropped oldest-first.
+- ``device_session.DeviceSession``: the protocol session toward the device, the server's own
+  ``session.ServerSession`` with the device's state table, plus control forwarding with seq mapping,
+  heartbeats, hello repeats and the peer timeout.
+- ``port``: opening the port, low latency, the reader thread.
 - ``SerialBridge``: the asyncio glue: upstream pump, paced writer, port reader thread, reopen with backoff.
 """
 
@@ -129,7 +131,8 @@ class SerialBridge:
         self.rate = line_rate(config.baud)
         biggest = max(spectrum_bytes(self.hello.freq_hz.size), states_bytes(len(config.cells) or cell_count))
         self.pacer = LinePacer(
-            self.rate, limit_bytes=int(max(self.rate * config.queue_ms / 1000, 2 * min(biggest, 8 * 4114)))
+            self.rate,
+            limit_bytes=int(max(self.rate * config.queue_ms / 1000, 2 * min(biggest, 8 * p.MAX_FRAME_SIZE))),
         )
         hello_bytes = len(p.encode_frame(self.hello, 0))
         self.session = DeviceSession(

@@ -9,6 +9,7 @@ import math
 from typing import TYPE_CHECKING
 
 import protocol as p
+from hil_server.stream.source import MAX_CELLS_PER_FRAME
 
 if TYPE_CHECKING:
     pass
@@ -16,8 +17,13 @@ if TYPE_CHECKING:
 
 HEADROOM = 0.9
 """Plan the stream to at most this share of the line: the rest absorbs replies, hellos and bursts."""
-HEARTBEAT_FRAME_BYTES = p.HEADER_SIZE + 52 + p.CRC_SIZE
-STATES_PER_FRAME = 169
+_ENVELOPE = p.HEADER_SIZE + p.CRC_SIZE
+HEARTBEAT_FRAME_BYTES = _ENVELOPE + p.fixed_payload_size(p.MsgType.HEARTBEAT)
+STATES_PER_FRAME = MAX_CELLS_PER_FRAME
+_STATES_FIXED = p.fixed_payload_size(p.MsgType.CELL_STATES)
+_SPECTRUM_FIXED = p.fixed_payload_size(p.MsgType.EIS_SPECTRUM)
+_SPECTRUM_PER_FREQ = 3 * 4
+"""freq_hz, z_re_ohm and z_im_ohm, float32 each (EisSpectrum.ARRAY_FIELDS)."""
 
 
 class BridgeError(Exception):
@@ -33,17 +39,18 @@ def line_rate(baud: int) -> float:
 
 
 def states_bytes(n_cells: int) -> int:
-    """Bytes on the wire of one step's CELL_STATES (split into frames of at most 169 records)."""
+    """Bytes on the wire of one step's CELL_STATES (split into frames of at most STATES_PER_FRAME records)."""
     full, rest = divmod(n_cells, STATES_PER_FRAME)
     frames = [STATES_PER_FRAME] * full + ([rest] if rest else [])
-    return sum(p.HEADER_SIZE + 24 + 24 * n + p.CRC_SIZE for n in frames)
+    record = p.CELL_STATE_DTYPE.itemsize
+    return sum(_ENVELOPE + _STATES_FIXED + record * n for n in frames)
 
 
 def spectrum_bytes(n_freq: int) -> int:
-    return p.HEADER_SIZE + 44 + 12 * n_freq + p.CRC_SIZE
+    return _ENVELOPE + _SPECTRUM_FIXED + _SPECTRUM_PER_FREQ * n_freq
 
 
-POINT_BYTES = p.HEADER_SIZE + 32 + p.CRC_SIZE
+POINT_BYTES = _ENVELOPE + p.fixed_payload_size(p.MsgType.EIS_POINT)
 
 
 class OutputFormat(enum.Enum):

@@ -1,3 +1,5 @@
+"""The serial side in ``--format protocol``: the bridge is the server toward its device."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +10,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 import protocol as p
+from hil_server.client.text import cell_ranges
 from hil_server.session.server_session import (
     DETAIL_MAX,
     ServerSession,
@@ -209,6 +212,10 @@ class DeviceSession(ServerSession):
         if code is not None:
             self.reply(p.Bye(code, text), now)
         raise RestartSessionError
+
+    def refused_cells_text(self, bad: list[int]) -> str:
+        allowed = cell_ranges(self.subscribable_cells())
+        return f"cells {bad} are not served by this bridge (allowed: {allowed})"
 
     def subscribable_cells(self) -> frozenset[int]:
         return (

@@ -1,3 +1,5 @@
+"""A UART's worth of bytes per second, sans-IO: the serial bridge's send queue and pacing."""
+
 from __future__ import annotations
 
 import collections

@@ -32,7 +32,7 @@ from hil_server.transport.serial.line_pacer import LinePacer
 from hil_server.transport.serial.port import ftdi_latency_timer, open_serial
 from hil_server.transport.tcp import HilServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 US06 = ROOT / "scenarios" / "us06_25c.yaml"
 PACK = ROOT / "scenarios" / "pack_96s_spread.yaml"
 

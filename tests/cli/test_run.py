@@ -11,7 +11,7 @@ import pytest
 from hil_server.cli import main
 from hil_server.eis_data import read_generic_csv
 
-SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:

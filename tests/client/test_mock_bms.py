@@ -26,7 +26,7 @@ from hil_server.client.seq import SeqTracker
 from hil_server.testing import start_server
 from hil_server.transport.tcp import HilServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 US06 = ROOT / "scenarios" / "us06_25c.yaml"
 FAULTS = ROOT / "scenarios" / "fault_showcase.yaml"
 

@@ -13,7 +13,9 @@ import structlog
 from hil_server.cli import main
 from hil_server.cli._logging import configure_logging
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "vectors.json").read_text(encoding="utf-8"))
+VECTORS = json.loads(
+    (Path(__file__).resolve().parents[1] / "vectors" / "vectors.json").read_text(encoding="utf-8")
+)
 
 
 def _vector_hex(name: str) -> str:

@@ -16,9 +16,11 @@ from hypothesis import strategies as st
 import protocol as p
 from protocol._codec import HEADER_STRUCT
 
-from .strategies import any_message
+from ..strategies import any_message
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "vectors.json").read_text(encoding="utf-8"))
+VECTORS = json.loads(
+    (Path(__file__).resolve().parents[1] / "vectors" / "vectors.json").read_text(encoding="utf-8")
+)
 
 
 def _describe(item: p.Frame | p.RemoteProtocolError) -> Any:

@@ -14,7 +14,7 @@ import protocol as p
 from protocol import _schema
 from protocol._codec import CODECS, decode_payload, encode_payload
 
-from .strategies import any_message, message_strategy
+from ..strategies import any_message, message_strategy
 
 ALL_TYPES = sorted(CODECS)
 

@@ -15,7 +15,7 @@ import protocol as p
 from hil_server.client.client import ClientError, HilClient
 from hil_server.testing import loopback, start_server, until
 
-SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 US06 = SCENARIOS / "us06_25c.yaml"
 FAULTS = SCENARIOS / "fault_showcase.yaml"
 

@@ -91,7 +91,7 @@ def test_sequence_plays_the_file_in_order_and_wraps(tmp_path: Path) -> None:
 @pytest.mark.asyncio
 async def test_measured_spectra_reach_a_client(tmp_path: Path) -> None:
     _write_campaign(tmp_path / "lab.csv", [0.2, 0.8])
-    async with loopback(_scenario(tmp_path)) as (_, client):
+    async with loopback(_scenario(tmp_path), pipe=True) as (_, client):
         await client.subscribe(mask=p.SubscribeMask.EIS_SPECTRUM)
         while not isinstance((frame := await client.next_frame(timeout=10)).message, p.EisSpectrum):
             pass

@@ -24,7 +24,7 @@ from protocol import CellFlags, FaultKind
 from protocol._constants import FaultPhase
 
 F64 = npt.NDArray[np.float64]
-SCENARIOS = sorted((Path(__file__).parent.parent / "scenarios").glob("*.yaml"))
+SCENARIOS = sorted((Path(__file__).resolve().parents[2] / "scenarios").glob("*.yaml"))
 
 
 def scenario(tmp_path: Path, body: str, name: str = "t") -> Scenario:
@@ -398,7 +398,7 @@ def active_seed(outs: list[StepOutput], kind: FaultKind) -> int:
 
 
 def test_fault_anchored_to_a_segment_label(tmp_path: Path) -> None:
-    sc = load_scenario(Path(__file__).parent.parent / "scenarios" / "fault_showcase.yaml")
+    sc = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" / "fault_showcase.yaml")
     eng = Engine(sc, FixedCircuitSource())
     events = [e for o in eng.run(200) for e in o.fault_events]
     noise = [e for e in events if e.kind == FaultKind.NOISE]
@@ -453,7 +453,7 @@ def fingerprint(outs: list[StepOutput]) -> list[bytes]:
 
 
 def test_same_seed_same_bits_other_seed_differs() -> None:
-    sc = load_scenario(Path(__file__).parent.parent / "scenarios" / "fault_showcase.yaml")
+    sc = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" / "fault_showcase.yaml")
     a = fingerprint(list(Engine(sc, FixedCircuitSource()).run(700)))
     b = fingerprint(list(Engine(sc, FixedCircuitSource()).run(700)))
     c = fingerprint(list(Engine(sc, FixedCircuitSource(), seed=99).run(700)))
@@ -534,7 +534,7 @@ def test_seek_back_restarts_from_a_checkpoint_and_matches_a_straight_run(
 ) -> None:
     """Seeking back must not re-run from t = 0 (a long scenario would stall the server), and must land in
     exactly the state a straight run reaches: faults with their random draws, timeline, controls."""
-    sc = load_scenario(Path(__file__).resolve().parent.parent / "scenarios" / "fault_showcase.yaml")
+    sc = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" / "fault_showcase.yaml")
 
     def outputs(eng: Engine, until: float) -> dict[int, tuple[bytes, ...]]:
         return {
@@ -609,7 +609,7 @@ def test_checkpoints_are_at_most_checkpoint_max_steps_apart(monkeypatch: pytest.
     import hil_server.sim.engine as engine_module
 
     monkeypatch.setattr(engine_module, "CHECKPOINT_MAX_STEPS", 50)
-    sc = load_scenario(Path(__file__).resolve().parent.parent / "scenarios" / "fault_showcase.yaml")
+    sc = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" / "fault_showcase.yaml")
     eng = Engine(sc, FixedCircuitSource())
     list(eng.run(30))
     assert [k for k, _ in eng._checkpoints] == [50, 100, 150, 200, 250]

@@ -12,7 +12,7 @@ import pytest
 import protocol as p
 from protocol import _crc
 
-from .spec_tables import SPEC, schema_tables, spec_rows
+from ..spec_tables import SPEC, schema_tables, spec_rows
 
 TEXT = SPEC.read_text(encoding="utf-8")
 
@@ -53,5 +53,7 @@ def test_sizes() -> None:
 def test_worked_example_is_the_vector() -> None:
     block = TEXT[TEXT.index("## 9. Worked example") :]
     example = "".join(re.findall(r"^((?:[0-9a-f]{2} )+)", block, flags=re.M)).replace(" ", "")
-    vectors = json.loads((Path(__file__).parent / "vectors" / "vectors.json").read_text(encoding="utf-8"))
+    vectors = json.loads(
+        (Path(__file__).resolve().parents[1] / "vectors" / "vectors.json").read_text(encoding="utf-8")
+    )
     assert example == next(v["hex"] for v in vectors["vectors"] if v["name"] == "control_seek")

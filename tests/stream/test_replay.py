@@ -20,7 +20,7 @@ from hil_server.stream.replay_source import ReplayError, ReplaySource
 from hil_server.testing import start_server
 from hil_server.transport.tcp import HilServer, ServerConfig
 
-SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 FAULTS = SCENARIOS / "fault_showcase.yaml"
 
 

@@ -23,7 +23,7 @@ from hil_server.scenario import (
 )
 from protocol._constants import FaultKind
 
-SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 BUNDLED = sorted(SCENARIOS.glob("*.yaml"))
 
 

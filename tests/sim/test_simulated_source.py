@@ -31,7 +31,7 @@ from hil_server.eis_data import (
 from hil_server.model.dataset import to_arrays
 from hil_server.model.linkk import lin_kk
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from hil_server.client.client import HilClient
 from hil_server.testing import start_server, until
 from protocol import SessionState
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXE = ROOT / "firmware_stub" / "build" / "hil_tcp_client"
 SCENARIO = ROOT / "scenarios" / "fault_showcase.yaml"
 CELL_RE = re.compile(

@@ -7,7 +7,7 @@ the ``eis-hil`` command), with short timeouts from ``ServerConfig`` instead of w
 
 Cases of issue #9 already covered elsewhere (not repeated here):
 
-- garbage and a bad CRC from one client while another streams: ``test_server.py``
+- garbage and a bad CRC from one client while another streams: ``transport/test_tcp.py``
   ``test_garbage_from_one_client_does_not_disturb_another``; a CONTROL with a bad CRC or a short payload gets
   a NAK with its seq: ``test_malformed_control_gets_a_nak_with_its_seq``;
 - a subscribed client that never reads is dropped while the others keep their stream:
@@ -55,9 +55,9 @@ from hil_server.model.store import BUNDLED_MODEL_DIR
 from hil_server.testing import start_server, until
 from hil_server.transport.tcp import HilServer
 
-from .fuzz_server_input import MODE_SUBSCRIBED, Harness, write_seeds
+from ..fuzz_server_input import MODE_SUBSCRIBED, Harness, write_seeds
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "scenarios"
 US06 = SCENARIOS / "us06_25c.yaml"
 FAULTS = SCENARIOS / "fault_showcase.yaml"
@@ -312,7 +312,7 @@ def test_atheris_fuzzing_of_the_input_path(tmp_path: Path) -> None:
     write_seeds(corpus)
     cmd = [
         sys.executable,
-        str(Path(__file__).with_name("fuzz_server_input.py")),
+        str(Path(__file__).resolve().parents[1] / "fuzz_server_input.py"),
         f"-max_total_time={FUZZ_SECONDS}",
         "-max_len=8192",
         f"-artifact_prefix={tmp_path}/",

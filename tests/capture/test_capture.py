@@ -35,7 +35,7 @@ from hil_server.capture.format import (
 from hil_server.cli import main
 from protocol import FrameSplitter
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "scenarios"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -539,7 +539,7 @@ def test_record_writes_every_frame_with_its_time(recorded: tuple[Path, str]) -> 
     assert {p.CellStates, p.EisSpectrum, p.FaultEvent, p.Ack} <= kinds
     # raw bytes exactly as sent: the server numbers its frames 0, 1, 2, ... (some are missing: the
     # scenario's transport faults drop 2 % of frames from t = 300 s); recorded in wire order, which is not
-    # always seq order (server.py writes queued replies and fault events before older queued telemetry)
+    # always seq order (transport/tcp.py writes queued replies and fault events before older queued telemetry)
     seqs = [int.from_bytes(r.frame[8:12], "little") for r, _ in rx]
     assert seqs[:3] == [0, 1, 2]
     assert len(set(seqs)) == len(seqs)
@@ -653,8 +653,9 @@ def test_record_until_the_server_says_bye(tmp_path: Path) -> None:
     assert "stopped: server bye" in stdout
     _, records = read_all(path)
     rx = [m for r, m in decoded(records) if r.direction == DIR_RX]
-    # The server's BYE is recorded. (It is not always the last frame: server.py writes a session's queued
-    # replies, BYE included, before its queued telemetry in the same write; the capture keeps the wire order.)
+    # The server's BYE is recorded. (It is not always the last frame: transport/tcp.py writes a session's
+    # queued replies, BYE included, before its queued telemetry in the same write; the capture keeps the wire
+    # order.)
     byes = [m for m in rx if isinstance(m, p.Bye)]
     assert [b.reason for b in byes] == [p.ErrorCode.SHUTDOWN]
 
