@@ -33,7 +33,6 @@ split into chunks.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import enum
 from collections.abc import Iterator
@@ -46,7 +45,7 @@ from ._constants import (
     PROTOCOL_VERSION,
 )
 from ._errors import DecodeErrorKind, RemoteProtocolError
-from ._framing import DecoderStats, FrameScanner
+from ._framing import FrameScanner
 from ._messages import Message
 
 
@@ -81,34 +80,8 @@ class FrameDecoder(FrameScanner):
         max_payload_size: int = MAX_PAYLOAD_SIZE,
         accepted_versions: frozenset[int] = frozenset({PROTOCOL_VERSION}),
     ) -> None:
-        if not 0 <= max_payload_size <= 0xFFFF:
-            raise ValueError("max_payload_size must fit the u16 length field")
-        self.max_payload_size = max_payload_size
+        super().__init__(max_payload_size=max_payload_size)
         self.accepted_versions = accepted_versions
-        self.stats = DecoderStats()
-        self._buf = bytearray()
-        self._offset = 0
-        """Stream offset of ``_buf[0]``."""
-        self._covered_until = 0
-        """Discarded bytes before this stream offset belong to a frame already reported as BAD_CRC."""
-        self._garbage = 0
-        self._ready: collections.deque[Frame | RemoteProtocolError] = collections.deque()
-        self._eof = False
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held that are not yet decoded."""
-        return len(self._buf)
-
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        if self._eof:
-            raise ValueError("feed() after feed_eof()")
-        self._buf += data
-        self.stats.bytes_received += len(data)
-
-    def feed_eof(self) -> None:
-        """Mark the end of the stream: buffered bytes that never became a frame are reported."""
-        self._eof = True
 
     def next_frame(self) -> Frame | NeedData:
         """The next frame, or NEED_DATA. Raises RemoteProtocolError for bad input, after skipping it."""
@@ -116,7 +89,7 @@ class FrameDecoder(FrameScanner):
             self._scan()
         if not self._ready:
             return NEED_DATA
-        item = self._ready.popleft()
+        item: Frame | RemoteProtocolError = self._ready.popleft()
         if isinstance(item, RemoteProtocolError):
             raise item
         return item
