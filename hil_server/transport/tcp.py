@@ -74,14 +74,8 @@ class Session(ServerSession, SendQueue):
         self.server = server
         self.reader = reader
         self.writer = writer
-        self.sid = sid
-        self.address = str(writer.get_extra_info("peername"))
         ServerSession.__init__(
-            self,
-            secret=cfg.secret,
-            handshake_timeout_s=cfg.handshake_timeout_s,
-            peer_timeout_s=cfg.peer_timeout_s,
-            logger=log.bind(session=sid, peer=self.address),
+            self, logger=log.bind(session=sid, peer=str(writer.get_extra_info("peername")))
         )
         SendQueue.__init__(self, cfg.queue_frames, self.wake, self.room)
         self.mask = 0
@@ -93,6 +87,18 @@ class Session(ServerSession, SendQueue):
         self.last_rx = time.monotonic()
         self.control_tokens = cfg.control_rate_per_s
         self.control_refill = time.monotonic()
+
+    @property
+    def secret(self) -> bytes | None:
+        return self.server.config.secret
+
+    @property
+    def handshake_timeout_s(self) -> float:
+        return self.server.config.handshake_timeout_s
+
+    @property
+    def peer_timeout_s(self) -> float:
+        return self.server.config.peer_timeout_s
 
     # -- sending -----------------------------------------------------------------------------------
     def reply(self, message: p.Message, now: float = 0.0) -> None:

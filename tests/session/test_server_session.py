@@ -13,17 +13,39 @@ from hil_server.session.server_session import (
     lateness_percentiles_us,
 )
 from protocol import DEVICE_TRANSITIONS, SERVER_TRANSITIONS, SessionState
+from protocol._session import Transitions
 
 
 class Recorder(ServerSession):
     """A session whose transport only records what the session decided."""
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        *,
+        transitions: Transitions = SERVER_TRANSITIONS,
+        secret: bytes | None = None,
+        handshake_timeout_s: float | None = None,
+        peer_timeout_s: float = 5.0,
+    ) -> None:
+        self.transitions = transitions
+        self._settings = (secret, handshake_timeout_s, peer_timeout_s)
+        super().__init__()
         self.sent: list[p.Message] = []
         self.ended: list[tuple[p.ErrorCode | None, str]] = []
         self.subscribed: list[tuple[int, tuple[int, ...]]] = []
         self.controls: list[int] = []
+
+    @property
+    def secret(self) -> bytes | None:
+        return self._settings[0]
+
+    @property
+    def handshake_timeout_s(self) -> float | None:
+        return self._settings[1]
+
+    @property
+    def peer_timeout_s(self) -> float:
+        return self._settings[2]
 
     def reply(self, message: p.Message, now: float) -> None:
         self.sent.append(message)

@@ -63,6 +63,11 @@ class DeviceSession(ServerSession):
 
     me = "bridge"
     peer = "device"
+    transitions = DEVICE_TRANSITIONS
+
+    @property
+    def peer_timeout_s(self) -> float:
+        return self._peer_timeout_s
 
     def __init__(
         self,
@@ -76,9 +81,8 @@ class DeviceSession(ServerSession):
         heartbeat_s: float = 1.0,
         peer_timeout_s: float = 5.0,
     ) -> None:
-        super().__init__(
-            transitions=DEVICE_TRANSITIONS, peer_timeout_s=peer_timeout_s, logger=log.bind(side="serial")
-        )
+        self._peer_timeout_s = peer_timeout_s
+        super().__init__(logger=log.bind(side="serial"))
         self.hello = dataclasses.replace(hello, auth_required=0, auth_challenge=bytes(p.AUTH_CHALLENGE_SIZE))
         self.default = default
         self.pacer = pacer
