@@ -38,7 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "stream a scenario to TCP clients in real time"),
     "decode": ("decode", "decode a byte capture (file or -) and list its frames and errors"),
     "train": ("model", "train the PINN on the measured EIS data (needs TensorFlow)"),
-    "evaluate": ("model", "accuracy on validation cells and validity, PINN vs plain MLP"),
+    "evaluate": (
+        "model",
+        "accuracy on unseen cells (grouped CV: PINN, plain MLP, nearest neighbour) and physical checks",
+    ),
     "profiles": ("model", "list cell profiles with their trained input ranges"),
     "spectrum": ("model", "impedance spectra at given operating points, as CSV"),
     "calibrate": ("model", "fit a profile for one physical cell from its measured spectra"),
