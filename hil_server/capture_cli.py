@@ -332,7 +332,11 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .capture_export import export_capture
+    from .capture_formats_cli import run as run_bench_formats
 
+    done = run_bench_formats(args)  # --pcap, --format mf4
+    if done is not None:
+        return done
     try:
         result = export_capture(
             Path(args.file),
@@ -370,7 +374,7 @@ def register(subparsers: Any) -> None:
         "export", help="a capture as CSV (spectra for impedance.py, states, faults) and PNG plots"
     )
     exp.add_argument("file", help="capture file")
-    exp.add_argument("--out", required=True, help="output directory (created)")
+    exp.add_argument("--out", help="output directory (created), or the .mf4 file with --format mf4")
     exp.add_argument("--csv-only", action="store_true", help="no plots")
     exp.add_argument("--cells", type=cell_index, nargs="*", help="export only these cells (default all)")
     exp.add_argument(
@@ -379,4 +383,7 @@ def register(subparsers: Any) -> None:
         default=8,
         help="plot Nyquist/Bode and timeline lines for at most this many cells (default 8); CSV has all",
     )
+    from .capture_formats_cli import add_arguments as add_bench_formats
+
+    add_bench_formats(exp)
     exp.set_defaults(func=cmd_export)

@@ -64,11 +64,17 @@ class PcapResult:
             f"client->server) as {self.packets} TCP packets to {self.path}, server port {self.server_port}; "
             f"open it in Wireshark with tools/wireshark/eis_hil.lua installed"
         )
-        if self.truncated_bytes:
-            text += (
-                f"; WARNING: capture truncated, {self.truncated_bytes} bytes after the last record ignored"
-            )
-        return text
+        return text + warnings_suffix(0, self.truncated_bytes)
+
+
+def warnings_suffix(undecodable: int, truncated_bytes: int) -> str:
+    """The end of an export's summary line: frames skipped, and the bytes a truncated capture left out."""
+    text = ""
+    if undecodable:
+        text += f"; {undecodable} frames not decodable (skipped)"
+    if truncated_bytes:
+        text += f"; WARNING: capture truncated, {truncated_bytes} bytes after the last record ignored"
+    return text
 
 
 def _option(code: int, value: bytes) -> bytes:
@@ -98,6 +104,7 @@ class PcapngWriter:
 
         self.out = out
         self.server_port = server_port
+        self.client_port = CLIENT_PORT
         self.mss = mss
         self.packets = 0
         self._ip_id = 0
@@ -115,7 +122,8 @@ class PcapngWriter:
         out.write(_block(_IDB, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, 262144) + idb_opts))
 
     def _packet(self, t_unix_us: int, from_server: bool, flags: int, payload: bytes = b"") -> None:
-        sport, dport = (self.server_port, CLIENT_PORT) if from_server else (CLIENT_PORT, self.server_port)
+        client, server = self.client_port, self.server_port
+        sport, dport = (server, client) if from_server else (client, server)
         seq = self._seq[from_server]
         ack = self._seq[not from_server] if flags & _TCP_ACK else 0
         options = struct.pack("!BBH", 2, 4, self.mss) if flags & _TCP_SYN else b""
@@ -150,7 +158,10 @@ class PcapngWriter:
         ) & 0xFFFFFFFF
         self.packets += 1
 
-    def open_connection(self, t_unix_us: int) -> None:
+    def open_connection(self, t_unix_us: int, client_port: int = CLIENT_PORT) -> None:
+        """Handshake of a new connection from ``client_port``; later packets belong to it."""
+        self.client_port = client_port
+        self._seq = {True: 0x1000_0000, False: 0x2000_0000}
         self._packet(t_unix_us, False, _TCP_SYN)
         self._packet(t_unix_us, True, _TCP_SYN | _TCP_ACK)
         self._packet(t_unix_us, False, _TCP_ACK)

@@ -289,6 +289,7 @@ def _payload_function(msg: str, fields: list[Field]) -> list[str]:
             out.append("    local len = tvb(o, 1):uint()")
             out.append(f"    if o + 1 + len > e then return nil, {nm} end")
             out.append(f"    local s = add_str(tree, {_var(f)}, tvb, o, len)")
+            out.append(f"    if s == nil then return nil, {nm} .. ' (invalid UTF-8)' end")
             if f.name in SUMMARY.get(msg, ()):
                 out.append(f"    info[#info + 1] = {nm} .. '=\"' .. s .. '\"'")
             out.append("    o = o + 1 + len")

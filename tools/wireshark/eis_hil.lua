@@ -354,10 +354,45 @@ local function add_num(tree, field, range, kind, si, text)
     return v
 end
 
+-- RFC 3629 UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF (SPEC.md section 5, step 5).
+local function utf8_valid(s)
+    local i, n = 1, #s
+    while i <= n do
+        local c = s:byte(i)
+        if c < 0x80 then
+            i = i + 1
+        else
+            local len
+            if c >= 0xc2 and c <= 0xdf then len = 2
+            elseif c >= 0xe0 and c <= 0xef then len = 3
+            elseif c >= 0xf0 and c <= 0xf4 then len = 4
+            else return false end
+            if i + len - 1 > n then return false end
+            local lo, hi = 0x80, 0xbf
+            if c == 0xe0 then lo = 0xa0 elseif c == 0xed then hi = 0x9f
+            elseif c == 0xf0 then lo = 0x90 elseif c == 0xf4 then hi = 0x8f end
+            local c2 = s:byte(i + 1)
+            if c2 < lo or c2 > hi then return false end
+            for k = 2, len - 1 do
+                local ck = s:byte(i + k)
+                if ck < 0x80 or ck > 0xbf then return false end
+            end
+            i = i + len
+        end
+    end
+    return true
+end
+
+-- A u8-length-prefixed UTF-8 string; nil when it is not valid UTF-8.
 local function add_str(tree, field, tvb, o, len)
     if len == 0 then
         tree:add(field, tvb(o, 1), "")
         return ""
+    end
+    local raw = tvb:raw(o + 1, len)
+    if not utf8_valid(raw) then
+        tree:add(field, tvb(o, 1 + len), "invalid UTF-8: " .. tostring(tvb(o + 1, len):bytes()))
+        return nil
     end
     local s = tvb(o + 1, len):string(ENC_UTF_8)
     tree:add(field, tvb(o, 1 + len), s)
@@ -417,16 +452,19 @@ local function payload_server_hello(tvb, tree, o, e, info)
     local len = tvb(o, 1):uint()
     if o + 1 + len > e then return nil, "server_version" end
     local s = add_str(tree, F["eishil.server_hello.server_version"], tvb, o, len)
+    if s == nil then return nil, "server_version" .. ' (invalid UTF-8)' end
     o = o + 1 + len
     if o + 1 > e then return nil, "model_id" end
     local len = tvb(o, 1):uint()
     if o + 1 + len > e then return nil, "model_id" end
     local s = add_str(tree, F["eishil.server_hello.model_id"], tvb, o, len)
+    if s == nil then return nil, "model_id" .. ' (invalid UTF-8)' end
     o = o + 1 + len
     if o + 1 > e then return nil, "scenario_id" end
     local len = tvb(o, 1):uint()
     if o + 1 + len > e then return nil, "scenario_id" end
     local s = add_str(tree, F["eishil.server_hello.scenario_id"], tvb, o, len)
+    if s == nil then return nil, "scenario_id" .. ' (invalid UTF-8)' end
     info[#info + 1] = "scenario_id" .. '="' .. s .. '"'
     o = o + 1 + len
     local count = n["n_freq"]
@@ -458,6 +496,7 @@ local function payload_client_hello(tvb, tree, o, e, info)
     local len = tvb(o, 1):uint()
     if o + 1 + len > e then return nil, "client_name" end
     local s = add_str(tree, F["eishil.client_hello.client_name"], tvb, o, len)
+    if s == nil then return nil, "client_name" .. ' (invalid UTF-8)' end
     info[#info + 1] = "client_name" .. '="' .. s .. '"'
     o = o + 1 + len
     return o
@@ -546,6 +585,7 @@ local function payload_bye(tvb, tree, o, e, info)
     local len = tvb(o, 1):uint()
     if o + 1 + len > e then return nil, "message" end
     local s = add_str(tree, F["eishil.bye.message"], tvb, o, len)
+    if s == nil then return nil, "message" .. ' (invalid UTF-8)' end
     o = o + 1 + len
     return o
 end
@@ -568,6 +608,7 @@ local function payload_error(tvb, tree, o, e, info)
     local len = tvb(o, 1):uint()
     if o + 1 + len > e then return nil, "message" end
     local s = add_str(tree, F["eishil.error.message"], tvb, o, len)
+    if s == nil then return nil, "message" .. ' (invalid UTF-8)' end
     o = o + 1 + len
     return o
 end
@@ -823,6 +864,7 @@ local function payload_nak(tvb, tree, o, e, info)
     local len = tvb(o, 1):uint()
     if o + 1 + len > e then return nil, "message" end
     local s = add_str(tree, F["eishil.nak.message"], tvb, o, len)
+    if s == nil then return nil, "message" .. ' (invalid UTF-8)' end
     o = o + 1 + len
     return o
 end
@@ -884,7 +926,7 @@ local function dissect_frame(tvb, pinfo, root, o)
         else
             local stop, field = fn(tvb, ptree, o + HEADER_SIZE, pend, info)
             if stop == nil then
-                ptree:add_proto_expert_info(E.malformed, "MALFORMED_PAYLOAD: the payload ends inside " .. field)
+                ptree:add_proto_expert_info(E.malformed, "MALFORMED_PAYLOAD at " .. field)
                 info[#info + 1] = "MALFORMED"
             elseif stop < pend then
                 local x = ptree:add(F.extra, tvb(stop, pend - stop))
@@ -896,7 +938,7 @@ local function dissect_frame(tvb, pinfo, root, o)
         if version == 1 and fn ~= nil then
             local stop, field = fn(tvb, tree, o + HEADER_SIZE, pend, info)
             if stop == nil then
-                tree:add_proto_expert_info(E.malformed, "MALFORMED_PAYLOAD: the payload ends inside " .. field)
+                tree:add_proto_expert_info(E.malformed, "MALFORMED_PAYLOAD at " .. field)
                 info[#info + 1] = "MALFORMED"
             end
         elseif fn == nil then
@@ -943,8 +985,7 @@ function eishil.dissector(tvb, pinfo, root)
             if gstart == nil then gstart = o end
             o = o + 1
         elseif o + HEADER_SIZE > len then
-            flush_garbage(o)
-            pinfo.desegment_offset = o
+            pinfo.desegment_offset = gstart or o   -- a pending garbage run is shown whole, next time
             pinfo.desegment_len = DESEGMENT_ONE_MORE_SEGMENT
             set_info(pinfo, parts)
             return len
@@ -960,13 +1001,13 @@ function eishil.dissector(tvb, pinfo, root)
         else
             local plen = tvb(o + 6, 2):le_uint()
             local total = (plen > MAX_PAYLOAD) and HEADER_SIZE or (HEADER_SIZE + plen + CRC_SIZE)
-            flush_garbage(o)
             if o + total > len then
-                pinfo.desegment_offset = o
+                pinfo.desegment_offset = gstart or o
                 pinfo.desegment_len = o + total - len
                 set_info(pinfo, parts)
                 return len
             end
+            flush_garbage(o)
             local n, good, info = dissect_frame(tvb, pinfo, root, o)
             parts[#parts + 1] = info
             if good or plen > MAX_PAYLOAD then
