@@ -311,11 +311,15 @@ local function crc16(tvb, o, len)
     return crc % 65536
 end
 
+-- Two bit-library calls per byte: `x % 256` for band(x, 0xff) and an arithmetic logical shift, which hold
+-- for bit32's unsigned and BitOp's signed results alike.
 local function crc32c(tvb, o, len)
     local s = tvb:raw(o, len)
+    local bxor = bit.bxor
     local crc = 0xffffffff
     for i = 1, len do
-        crc = bit.bxor(bit.rshift(crc, 8), CRC32C[bit.band(bit.bxor(crc, s:byte(i)), 0xff)])
+        local u = crc % 4294967296
+        crc = bxor((u - u % 256) / 256, CRC32C[bxor(u, s:byte(i)) % 256])
     end
     return bit.bxor(crc, 0xffffffff) % 4294967296
 end
