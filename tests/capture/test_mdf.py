@@ -145,3 +145,21 @@ def test_mf4_option_errors_are_refused_before_any_work(
     assert main(["export", str(not_capture), "--format", "mf4", "--out", str(tmp_path / "x.mf4")]) == 2
     assert "x.eiscap" in capsys.readouterr().err
     assert not (tmp_path / "x.mf4").exists()
+
+
+@pytest.mark.parametrize("fmt", ["mf4", "pcapng"])
+def test_a_truncated_capture_exports_what_is_complete(
+    session: tuple[Path, Path], tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As the CSV export: the summary line and one warning give the bytes after the last complete record."""
+    capture, _ = session
+    cut = tmp_path / "cut.eiscap"
+    cut.write_bytes(capture.read_bytes()[:-100])  # the last record (a CELL_STATES frame) loses its end
+    out = tmp_path / f"cut.{fmt}"
+    option = ["--format", "mf4", "--out", str(out)] if fmt == "mf4" else ["--pcap", str(out)]
+    assert main(["export", str(cut), *option]) == 0
+    captured = capsys.readouterr()
+    tail = int(captured.out.split("capture truncated, ")[1].split(" bytes")[0])
+    assert 0 < tail < capture.stat().st_size - 100
+    assert captured.err.count("capture truncated: exported what is complete") == 1
+    assert out.stat().st_size > 0
