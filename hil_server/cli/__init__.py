@@ -50,7 +50,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("scenario", "check scenario files without running them"),
     "client": ("client", "mock BMS: connect, subscribe, check and show what arrives, send control commands"),
     "record": ("record", "connect to a server and record every frame it sends into a capture file"),
-    "export": ("export", "a capture as CSV (spectra for impedance.py, states, faults) and PNG plots"),
+    "export": (
+        "export",
+        "a capture as CSV (spectra for impedance.py, states, faults) and PNG plots, MDF4 or pcapng",
+    ),
     "serial-bridge": (
         "serial_bridge",
         "stream to a device on a serial port (protocol frames or AD5940-style text); see SERIAL.md",
