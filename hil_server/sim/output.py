@@ -1,10 +1,17 @@
-"""What one engine step produces: plain frozen dataclasses holding numpy columns (read them, do not write)."""
+"""What one engine step produces (plain frozen dataclasses holding numpy columns: read them, do not write),
+and the writer that puts a run's steps into files (``RunWriter``)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import csv
+import functools
+import io
+import json
+import queue
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -133,3 +140,423 @@ class StepOutput:
     ambient_c: float
     finished: bool
     """The timeline has ended; further steps rest the cells (and let running sweeps complete)."""
+
+
+# -- files ------------------------------------------------------------------------------------------------
+# What ``eis-hil run`` and ``eis-hil sweep`` write for one run. The Parquet schema is documented in
+# scenarios/sweeps/README.md ("Output schema"); the CSV files keep the generic EIS CSV schema.
+
+ROW_GROUP_POINTS = 4 << 20
+"""Spectrum points buffered before a row group is written (and state rows, at most as many)."""
+BATCH_STEPS = 2000
+"""Steps buffered at most before a row group is written, however few rows they hold."""
+SCHEMA_VERSION = "2"
+
+
+@functools.cache
+def _schemas() -> dict[str, Any]:
+    import pyarrow as pa
+
+    f32, f64, i32, i64 = pa.float32(), pa.float64(), pa.int32(), pa.int64()
+    states = [("time_s", f64), ("step", i64), ("cell", i32)]
+    for prefix in ("", "true_"):
+        states += [(prefix + n, f32) for n in ("voltage_v", "current_a", "temp_c", "soc", "soh")]
+    states.append(("flags", i32))
+    spectra = [
+        ("time_s", f64),
+        ("cell", i32),
+        ("spectrum_id", i64),
+        ("freq_hz", f64),
+        ("z_re_ohm", f32),
+        ("z_im_ohm", f32),
+        ("true_z_re_ohm", f32),
+        ("true_z_im_ohm", f32),
+        ("dropped", pa.bool_()),
+        ("soc", f32),
+        ("temp_c", f32),
+        ("soh", f32),
+    ]
+    faults = [
+        ("time_s", f64),
+        ("fault_id", i64),
+        ("kind", pa.string()),
+        ("phase", pa.string()),
+        ("cells", pa.string()),
+        ("severity", f64),
+    ]
+    return {"states": pa.schema(states), "spectra": pa.schema(spectra), "faults": pa.schema(faults)}
+
+
+def _encodings(schema: Any) -> tuple[list[str], dict[str, str]]:
+    """Dictionary columns and explicit encodings: floats byte-stream-split (their exponent and high mantissa
+    bytes line up for zstd), steps, ids and times delta-coded; freq_hz and strings dictionary-coded."""
+    import pyarrow as pa
+
+    dictionary: list[str] = []
+    encoding: dict[str, str] = {}
+    for field in schema:
+        if field.name == "freq_hz" or pa.types.is_string(field.type) or field.name == "flags":
+            dictionary.append(field.name)
+        elif pa.types.is_floating(field.type):
+            encoding[field.name] = "BYTE_STREAM_SPLIT"
+        elif pa.types.is_integer(field.type):
+            encoding[field.name] = "DELTA_BINARY_PACKED"
+    return dictionary, encoding
+
+
+class ParquetFile:
+    """One Parquet file through a pyarrow filesystem, written by a background thread: ``write`` hands a table
+    over (at most two wait) and returns while the previous one is still being encoded and compressed, which
+    pyarrow does without the GIL. The file exists with its schema from the start, even if no row follows."""
+
+    def __init__(self, fs: Any, path: str, schema: Any, metadata: dict[str, str] | None = None) -> None:
+        import pyarrow.parquet as pq
+
+        self.rows = 0
+        self.path = path
+        dictionary, encoding = _encodings(schema)
+        self._writer = pq.ParquetWriter(
+            path,
+            schema.with_metadata(metadata or {}),
+            filesystem=fs,
+            compression="zstd",
+            compression_level=1,
+            use_dictionary=dictionary,
+            column_encoding=encoding,
+            write_statistics=["time_s", "cell"],
+            data_page_size=1 << 20,
+        )
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name=f"parquet:{path}", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (table := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._writer.write_table(table, row_group_size=table.num_rows)
+                except BaseException as exc:
+                    self._error = exc
+
+    def write(self, table: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        if table.num_rows:
+            self._queue.put(table)
+            self.rows += table.num_rows
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._writer.close()
+        if self._error is not None:
+            raise self._error
+
+
+class RunWriter:
+    """The files of one run: states, spectra and faults, in Parquet (compact schema) or CSV (generic EIS
+    CSV schema for spectra). Steps are buffered and written in large batches; memory stays bounded."""
+
+    def __init__(
+        self, fs: Any, directory: str, fmt: str, profile: str, grid_hz: Sequence[float] = ()
+    ) -> None:
+        self.fmt = fmt
+        self.profile = profile
+        self._batch: list[StepOutput] = []
+        self._points = 0
+        self._rows = 0
+        self._closed = False
+        fs.create_dir(directory, recursive=True)
+        if fmt == "parquet":
+            meta = {
+                "eis_hil.schema": SCHEMA_VERSION,
+                "eis_hil.source": f"eis-hil:{profile}",
+                "eis_hil.freq_hz": json.dumps([float(f) for f in grid_hz]),
+            }
+            self._files: dict[str, ParquetFile | CsvFile] = {
+                name: ParquetFile(fs, f"{directory}/{name}.parquet", schema, meta)
+                for name, schema in _schemas().items()
+            }
+        else:
+            self._files = {
+                name: CsvFile(fs, f"{directory}/{name}.csv") for name in ("states", "spectra", "faults")
+            }
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return {name: f.rows for name, f in self._files.items()}
+
+    def add(self, out: StepOutput) -> None:
+        self._batch.append(out)
+        self._points += sum(s.z_ohm.size for s in out.spectra)
+        self._rows += out.true.voltage_v.size
+        if len(self._batch) >= BATCH_STEPS or max(self._points, self._rows) >= ROW_GROUP_POINTS:
+            self.flush()
+
+    def flush(self) -> None:
+        batch, self._batch, self._points, self._rows = self._batch, [], 0, 0
+        if not batch:
+            return
+        if self.fmt == "parquet":
+            self._files["states"].write(_state_table(batch))
+            self._files["spectra"].write(_spectrum_table([s for o in batch for s in o.spectra]))
+            self._files["faults"].write(_fault_table(batch))
+        else:
+            self._files["states"].write(_state_columns(batch))
+            self._files["spectra"].write(_generic_spectrum_columns(batch, self.profile))
+            self._files["faults"].write(_fault_columns(batch))
+
+    def close(self) -> dict[str, int]:
+        """Write what is buffered and close every file; the row counts per table."""
+        if not self._closed:
+            self._closed = True
+            try:
+                self.flush()
+            finally:
+                errors = []
+                for f in self._files.values():
+                    try:
+                        f.close()
+                    except Exception as exc:
+                        errors.append(exc)
+                if errors:
+                    raise errors[0]
+        return self.rows
+
+
+class CsvFile:
+    """Appends column batches to one CSV file (the header with the first batch)."""
+
+    def __init__(self, fs: Any, path: str) -> None:
+        self.rows = 0
+        self._fs = fs
+        self._path = path
+        self._handle: Any = None
+        self._csv: Any = None
+
+    def write(self, columns: Mapping[str, npt.ArrayLike]) -> None:
+        arrays = {k: np.asarray(v) for k, v in columns.items()}
+        n = len(next(iter(arrays.values()))) if arrays else 0
+        if n == 0:
+            return
+        if self._csv is None:
+            self._handle = io.TextIOWrapper(
+                self._fs.open_output_stream(self._path, compression=None), encoding="utf-8", newline=""
+            )
+            self._csv = csv.writer(self._handle, lineterminator="\n")
+            self._csv.writerow(list(arrays))
+        self._csv.writerows(zip(*(a.tolist() for a in arrays.values()), strict=True))
+        self.rows += n
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
+def _state_columns(outputs: list[StepOutput]) -> dict[str, npt.ArrayLike]:
+    n = outputs[0].reported.voltage_v.size
+    cols: dict[str, npt.ArrayLike] = {
+        "time_s": np.repeat([o.time_us / 1e6 for o in outputs], n),
+        "step": np.repeat([o.step for o in outputs], n),
+        "cell": np.tile(np.arange(n), len(outputs)),
+    }
+    for prefix, attr in (("", "reported"), ("true_", "true")):
+        for name in ("voltage_v", "current_a", "temp_c", "soc", "soh"):
+            cols[prefix + name] = np.concatenate([getattr(getattr(o, attr), name) for o in outputs])
+    cols["flags"] = np.concatenate([o.reported.flags for o in outputs]).astype(np.int32)
+    return cols
+
+
+def _state_table(outputs: list[StepOutput]) -> Any:
+    import pyarrow as pa
+
+    schema = _schemas()["states"]
+    cols = _state_columns(outputs)
+    return pa.table([pa.array(np.asarray(cols[f.name]), type=f.type) for f in schema], schema=schema)
+
+
+def _spectrum_table(spectra: list[Spectrum]) -> Any:
+    """One row per point. Inside a batch the rows go by cell, then frequency, then time: the values next to
+    each other are then one cell's impedance at one frequency over time, nearly equal, which is what makes
+    them compress to about 2 bytes a point (time order would give 6)."""
+    import pyarrow as pa
+
+    schema = _schemas()["spectra"]
+    if not spectra:
+        return schema.empty_table()
+    groups: dict[bytes, list[Spectrum]] = {}
+    for sp in spectra:  # one grid per scenario; grouped anyway so a differing grid cannot be misaligned
+        groups.setdefault(sp.freq_hz.tobytes(), []).append(sp)
+    tables = [_spectrum_group(group, schema) for group in groups.values()]
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def _spectrum_group(spectra: list[Spectrum], schema: Any) -> Any:
+    cells = spectra[0].cells
+    if all(sp.cells.size == cells.size and np.array_equal(sp.cells, cells) for sp in spectra):
+        # the usual case (every cell measured together): stack (T, N, F), lay out as (N, F, T)
+        order = np.argsort(np.array([sp.time_us for sp in spectra]), kind="stable")
+        if np.all(np.diff(cells) > 0) and np.all(order == np.arange(order.size)):
+            return _stacked(spectra, schema)
+    return _scattered(spectra, schema)
+
+
+def _nft(values: npt.NDArray[Any], dtype: Any) -> npt.NDArray[Any]:
+    """(T, N, F) -> (N, F, T) flattened, converted on the way."""
+    return np.ascontiguousarray(values.transpose(1, 2, 0), dtype=dtype).ravel()
+
+
+def _stacked(spectra: list[Spectrum], schema: Any) -> Any:
+
+    n_t, (n_c, n_f) = len(spectra), spectra[0].z_ohm.shape
+    z = np.stack([sp.z_ohm for sp in spectra])
+    same_truth = all(sp.z_true_ohm is sp.z_ohm for sp in spectra)
+    z_true = z if same_truth else np.stack([sp.z_true_ohm for sp in spectra])
+
+    def per_spectrum(get: Callable[[Spectrum], npt.NDArray[Any]], dtype: Any) -> npt.NDArray[Any]:
+        rows = np.stack([get(sp) for sp in spectra]).astype(dtype).T  # (N, T)
+        return np.broadcast_to(rows[:, None, :], (n_c, n_f, n_t)).ravel()
+
+    time_s = np.array([sp.time_us / 1e6 for sp in spectra])
+    columns: dict[str, Any] = {
+        "time_s": np.tile(time_s, n_c * n_f),
+        "cell": np.repeat(spectra[0].cells.astype(np.int32), n_f * n_t),
+        "spectrum_id": per_spectrum(lambda sp: sp.cells.astype(np.int64) * 2**32 + sp.spectrum_ids, np.int64),
+        "freq_hz": np.tile(np.repeat(spectra[0].freq_hz, n_t), n_c),
+        "z_re_ohm": _nft(z.real, np.float32),
+        "z_im_ohm": _nft(z.imag, np.float32),
+        "dropped": _nft(np.stack([sp.dropped for sp in spectra]), np.bool_),
+        "soc": per_spectrum(lambda sp: sp.soc, np.float32),
+        "temp_c": per_spectrum(lambda sp: sp.temp_c, np.float32),
+        "soh": per_spectrum(lambda sp: sp.soh, np.float32),
+    }
+    same = None if same_truth else _nft(z_true == z, np.bool_)
+    if same is not None and same.all():
+        same = None
+    for name, part in (("true_z_re_ohm", z_true.real), ("true_z_im_ohm", z_true.imag)):
+        columns[name] = None if same is None else (_nft(part, np.float32), same)
+    return _table(columns, schema)
+
+
+def _table(columns: dict[str, Any], schema: Any) -> Any:
+    """The truth columns are null where the reported impedance equals them (``None``: everywhere)."""
+    import pyarrow as pa
+
+    n = columns["z_re_ohm"].size
+    arrays = []
+    for field in schema:
+        value = columns[field.name]
+        if value is None:
+            arrays.append(pa.nulls(n, field.type))
+        elif isinstance(value, tuple):
+            arrays.append(pa.array(value[0], type=field.type, mask=value[1]))
+        else:
+            arrays.append(pa.array(value, type=field.type))
+    return pa.table(arrays, schema=schema)
+
+
+def _scattered(spectra: list[Spectrum], schema: Any) -> Any:
+    """Any mix of cells and times (sweep mode, requests for some cells): rows sorted by (cell, time), then
+    point (r, f) goes to start[r] * F + f * count[r] + (r - start[r])."""
+    freq = spectra[0].freq_hz
+    n_f = freq.size
+
+    def rows(get: Callable[[Spectrum], npt.ArrayLike]) -> npt.NDArray[Any]:
+        return np.concatenate([np.broadcast_to(np.asarray(get(sp)), (sp.cells.size,)) for sp in spectra])
+
+    time_us = rows(lambda sp: sp.time_us)
+    cell = rows(lambda sp: sp.cells)
+    order = np.lexsort((time_us, cell))
+    _, start, count = np.unique(cell[order], return_index=True, return_counts=True)
+    first = np.repeat(start, count)
+    length = np.repeat(count, count)
+    r = np.arange(order.size)
+    dest = (first * n_f)[:, None] + np.arange(n_f)[None, :] * length[:, None] + (r - first)[:, None]
+    src = np.empty(dest.size, dtype=np.int64)
+    src[dest.ravel()] = np.arange(dest.size)
+    row_of, f_of = np.divmod(src, n_f)
+    sorted_row = order[row_of]
+    flat = sorted_row * n_f + f_of
+
+    def matrix(get: Callable[[Spectrum], npt.NDArray[Any]]) -> npt.NDArray[Any]:
+        return np.concatenate([get(sp) for sp in spectra]).ravel()[flat]
+
+    z = matrix(lambda sp: sp.z_ohm)
+    z_true = matrix(lambda sp: sp.z_true_ohm)
+    same = z_true == z
+    columns: dict[str, Any] = {
+        "time_s": (time_us / 1e6)[sorted_row],
+        "cell": cell[sorted_row].astype(np.int32),
+        "spectrum_id": rows(lambda sp: sp.cells.astype(np.int64) * 2**32 + sp.spectrum_ids)[sorted_row],
+        "freq_hz": freq[f_of],
+        "z_re_ohm": z.real.astype(np.float32),
+        "z_im_ohm": z.imag.astype(np.float32),
+        "dropped": matrix(lambda sp: sp.dropped),
+        "soc": rows(lambda sp: sp.soc)[sorted_row].astype(np.float32),
+        "temp_c": rows(lambda sp: sp.temp_c)[sorted_row].astype(np.float32),
+        "soh": rows(lambda sp: sp.soh)[sorted_row].astype(np.float32),
+    }
+    truth = not same.all()
+    columns["true_z_re_ohm"] = (z_true.real.astype(np.float32), same) if truth else None
+    columns["true_z_im_ohm"] = (z_true.imag.astype(np.float32), same) if truth else None
+    return _table(columns, schema)
+
+
+def _generic_spectrum_columns(outputs: list[StepOutput], profile: str) -> dict[str, npt.ArrayLike]:
+    """The generic EIS CSV schema (``eis-hil calibrate`` and ``train --extra`` read it) plus time_s, cell,
+    dropped and the true impedance."""
+    from ..eis_data import GENERIC_CSV_COLUMNS
+
+    parts: dict[str, list[npt.NDArray[Any]]] = {
+        k: [] for k in (*GENERIC_CSV_COLUMNS, "time_s", "cell", "dropped", "true_z_re_ohm", "true_z_im_ohm")
+    }
+    for o in outputs:
+        for sp in o.spectra:
+            n_cells, n_f = sp.z_ohm.shape
+
+            def per_cell(values: npt.ArrayLike, n_f: int = n_f) -> npt.NDArray[Any]:
+                return np.repeat(np.asarray(values), n_f)
+
+            # Spectrum ids are per cell on the wire; in a file they must be unique: cell * 2**32 + id.
+            parts["spectrum_id"].append(per_cell(sp.cells.astype(np.int64) * 2**32 + sp.spectrum_ids))
+            parts["soc"].append(per_cell(sp.soc))
+            parts["temp_c"].append(per_cell(sp.temp_c))
+            parts["soh"].append(per_cell(sp.soh))
+            parts["freq_hz"].append(np.tile(sp.freq_hz, n_cells))
+            parts["z_re_ohm"].append(sp.z_ohm.real.ravel())
+            parts["z_im_ohm"].append(sp.z_ohm.imag.ravel())
+            parts["cell_id"].append(per_cell([f"cell{c:03d}" for c in sp.cells]))
+            parts["source"].append(np.full(n_cells * n_f, f"eis-hil:{profile}"))
+            parts["time_s"].append(np.full(n_cells * n_f, sp.time_us / 1e6))
+            parts["cell"].append(per_cell(sp.cells))
+            parts["dropped"].append(sp.dropped.ravel())
+            parts["true_z_re_ohm"].append(sp.z_true_ohm.real.ravel())
+            parts["true_z_im_ohm"].append(sp.z_true_ohm.imag.ravel())
+    if not parts["freq_hz"]:
+        return {}
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _fault_columns(outputs: list[StepOutput]) -> dict[str, npt.ArrayLike]:
+    events = [e for o in outputs for e in o.fault_events]
+    if not events:
+        return {}
+    return {
+        "time_s": np.array([e.time_us / 1e6 for e in events]),
+        "fault_id": np.array([e.fault_id for e in events]),
+        "kind": np.array([e.kind.name.lower() for e in events]),
+        "phase": np.array([e.phase.name.lower() for e in events]),
+        "cells": np.array([" ".join(str(c) for c in e.cells) for e in events]),
+        "severity": np.array([e.severity for e in events]),
+    }
+
+
+def _fault_table(outputs: list[StepOutput]) -> Any:
+    import pyarrow as pa
+
+    schema = _schemas()["faults"]
+    cols = _fault_columns(outputs)
+    if not cols:
+        return schema.empty_table()
+    return pa.table({f.name: pa.array(np.asarray(cols[f.name]).tolist(), type=f.type) for f in schema})
