@@ -550,6 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--csv", action="store_true", help="CSV files instead of Parquet")
     run.set_defaults(func=cmd_run)
 
+    from .sweep import cli as sweep_cli
+
+    sweep = sub.add_parser("sweep", help="run a sweep file's tasks into one partitioned Parquet dataset")
+    sweep_cli.add_arguments(sweep)
+    sweep.set_defaults(func=sweep_cli.run)
+
     val = sub.add_parser("validate", help="check scenario files without running them")
     val.add_argument("files", nargs="+", metavar="FILE")
     val.set_defaults(func=cmd_validate)

@@ -45,10 +45,14 @@ DEFAULT_MAX_S = 7 * 24 * 3600.0
 
 
 def build_engine(
-    scenario_path: Path, model_dir: Path = BUNDLED_MODEL_DIR, seed: int | None = None
+    scenario_path: Path,
+    model_dir: Path = BUNDLED_MODEL_DIR,
+    seed: int | None = None,
+    scenario: Scenario | None = None,
 ) -> tuple[Engine, Scenario, ModelMetadata]:
-    """The engine for a scenario file with the PINN (numpy runtime, no TensorFlow) as its circuit source."""
-    scenario = load_scenario(scenario_path)
+    """The engine for a scenario file (or the ``scenario`` already loaded from it) with the PINN (numpy
+    runtime, no TensorFlow) as its circuit source."""
+    scenario = scenario or load_scenario(scenario_path)
     meta = read_metadata(model_dir)
     runtime = NumpyPinn.load(model_dir)
     profile = resolve(scenario.cells.profile, meta)

@@ -1,0 +1,204 @@
+"""``eis-hil sweep SWEEP.yaml --out DIR``: every task of a sweep file into one partitioned Parquet dataset."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from .._cli_util import StatusLine
+
+log = structlog.get_logger(__name__)
+
+
+class StopRequestedError(BaseException):
+    """SIGINT or SIGTERM arrived: a BaseException, so no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="sweep YAML (scenarios/sweeps/README.md)")
+    parser.add_argument("--out", required=True, help="output directory or URI (s3://bucket/prefix)")
+    parser.add_argument(
+        "--executor", choices=("local", "ray"), default="local", help="where tasks run (default local)"
+    )
+    parser.add_argument("--workers", type=int, help="worker processes or local Ray CPUs (default: all cores)")
+    parser.add_argument(
+        "--address", help="Ray cluster to use (auto, ray://HOST:PORT); default: a local Ray (--executor ray)"
+    )
+    parser.add_argument("--model", help="model directory (default: the bundled model)")
+    parser.add_argument("--dry-run", action="store_true", help="check the sweep and list its tasks, run none")
+    parser.add_argument("--debug", action="store_true", help="tracebacks of failed tasks in the log")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..model.profiles import resolve
+    from ..model.store import BUNDLED_MODEL_DIR, ModelLoadError, read_metadata
+    from .spec import SweepError, check_profiles, load_sweep
+
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if not 1 <= workers <= 1024:
+        log.error("sweep", error=f"--workers must be in 1..1024, got {workers}")
+        return 2
+    if args.address is not None and args.executor != "ray":
+        log.error("sweep", error="--address needs --executor ray")
+        return 2
+    if args.executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            log.error("sweep", error="--executor ray needs Ray: pip install 'eis-hil[sweep]'")
+            return 2
+    model_dir = Path(args.model) if args.model else BUNDLED_MODEL_DIR
+    try:
+        sweep = load_sweep(Path(args.file))
+        meta = read_metadata(model_dir)
+        issues = check_profiles(sweep, lambda name: resolve(name, meta))
+        if issues:
+            raise SweepError(issues)
+    except SweepError as exc:
+        for issue in exc.errors:
+            sys.stdout.write(f"{issue}\n")
+        return 2
+    except ModelLoadError as exc:
+        log.error("sweep", error=str(exc))
+        return 2
+    from .dataset import Dataset
+    from .tasks import expand
+
+    tasks = expand(sweep, model_dir, meta.model_sha256)
+    header = {
+        "sweep": sweep.name,
+        "sweep_file": str(sweep.file),
+        "sweep_sha256": sweep.sha256,
+        "model_sha256": meta.model_sha256,
+        "partitioning": [c for c, _ in tasks[0].partition],
+    }
+    if args.dry_run:
+        for task in tasks:
+            sys.stdout.write(f"{task.id}\n")
+        sys.stdout.write(f"{len(tasks)} tasks\n")
+        return 0
+    dataset = Dataset(args.out, header)
+    try:
+        dataset.prepare()
+    except (OSError, ValueError) as exc:
+        log.error("sweep", error=f"cannot write to {args.out}: {exc}")
+        return 2
+    todo = [t for t in tasks if not dataset.finished(t)]
+    skipped = len(tasks) - len(todo)
+    if skipped:
+        log.info("resuming", finished_before=skipped, to_run=len(todo))
+    with _signals_raise():
+        try:
+            failed = _execute(args, dataset, todo, workers, skipped, len(tasks))
+        except StopRequestedError as exc:
+            dataset.cleanup()
+            dataset.write_manifest()
+            done = sum(e["status"] == "ok" for e in dataset.entries.values())
+            log.warning("sweep stopped", signal=str(exc), tasks_finished=done, of=len(tasks))
+            sys.stdout.write(f"stopped by {exc}: {done} of {len(tasks)} tasks finished, rerun to resume\n")
+            return 128 + exc.signum
+    dataset.cleanup()
+    dataset.write_manifest()
+    sys.stdout.write(
+        f"{sweep.name}: {len(tasks) - failed} of {len(tasks)} tasks finished"
+        f"{f' ({skipped} before)' if skipped else ''}, {failed} failed; dataset in {args.out}\n"
+    )
+    return 1 if failed else 0
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGINT and SIGTERM raise StopRequestedError in the main thread, wherever it waits."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the clean-up
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise StopRequestedError(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+
+
+def _execute(
+    args: argparse.Namespace, dataset: Any, todo: list[Any], workers: int, skipped: int, total: int
+) -> int:
+    from .executors import Executor, LocalExecutor, RayExecutor
+
+    executor: Executor = (
+        RayExecutor(workers, args.address) if args.executor == "ray" else LocalExecutor(workers)
+    )
+    status = StatusLine()
+    started = time.monotonic()
+    done = failed = 0
+    simulated = 0.0
+
+    def progress() -> None:
+        elapsed = time.monotonic() - started
+        rate = simulated / elapsed if elapsed > 0 else 0.0
+        left = len(todo) - done - failed
+        eta = elapsed / (done + failed) * left if done + failed else None
+        eta_text = "-" if eta is None else f"{eta:.0f} s"
+        text = (
+            f"sweep: {skipped + done}/{total} done, {failed} failed, {executor.running} running, "
+            f"{rate:.0f} simulated s/s, ETA {eta_text}"
+        )
+        if not status.show(text):
+            log.info(
+                "sweep",
+                done=skipped + done,
+                of=total,
+                failed=failed,
+                running=executor.running,
+                simulated_s_per_s=round(rate, 1),
+                eta_s=None if eta is None else round(eta),
+            )
+
+    try:
+        for event in executor.run([(t, dataset.staging(t)) for t in todo]):
+            if event is not None:
+                task, result = event
+                with _signals_deferred():  # a partition moves in and its manifest entry follows, whole
+                    dataset.commit(task, result)
+                if result["status"] == "ok":
+                    done += 1
+                    simulated += float(result["simulated_s"])
+                else:
+                    failed += 1
+                    log.error("task failed", task=task.id, error=result.get("error"))
+                    if args.debug and result.get("trace"):
+                        sys.stderr.write(str(result["trace"]))
+            progress()
+    except BaseException:
+        executor.stop()
+        raise
+    finally:
+        status.close()
+    return failed
