@@ -140,13 +140,14 @@ def set_value(root: yaml.Node, path: KeyPath, value: yaml.Node) -> str | None:
                 node = v
                 break
         else:
+            key = yaml.ScalarNode("tag:yaml.org,2002:str", part, value.start_mark, value.end_mark)
             if last:
-                node.value.append((yaml.ScalarNode("tag:yaml.org,2002:str", part), value))
+                node.value.append((key, value))
                 return None
             if isinstance(path[depth + 1], int):
                 return f"the scenario has no list {part!r} at {where}"
-            child = yaml.MappingNode("tag:yaml.org,2002:map", [])
-            node.value.append((yaml.ScalarNode("tag:yaml.org,2002:str", part), child))
+            child = yaml.MappingNode("tag:yaml.org,2002:map", [], value.start_mark, value.end_mark)
+            node.value.append((key, child))
             node = child
     return None
 
