@@ -43,7 +43,7 @@ def _sweep(tmp_path: Path, body: str, name: str = "sweep.yaml") -> Path:
 def _tree_hashes(out: Path) -> dict[str, str]:
     return {
         str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for table in ("states", "spectra", "faults")
+        for table in ("states", "spectra", "faults", "frequencies")
         for p in sorted((out / table).rglob("*.parquet"))
     }
 
@@ -188,7 +188,7 @@ def test_dataset_reads_back_with_duckdb_and_a_rerun_resumes(tmp_path: Path) -> N
     assert main(["sweep", str(sweep), "--out", str(out)]) == 0
     after = {p: (out / p).stat().st_ino for p in _tree_hashes(out)}
     assert {p: i for p, i in after.items() if p in before} == before
-    assert len(after) == 6 * 3
+    assert len(after) == 6 * 4
     _scenario(tmp_path, rest=6)  # the scenario changed: its hash does, so every task runs again
     assert main(["sweep", str(sweep), "--out", str(out)]) == 0
     assert all(after[p] != i for p, i in {p: (out / p).stat().st_ino for p in after}.items())
@@ -213,7 +213,7 @@ overrides:
     assert list(failed) == ["scenario=tiny/profile=zhang2020/fmin=500/fmax=200/seed=0"]
     assert "expected min_hz < max_hz (200), got 500" in str(failed[next(iter(failed))]["error"])
     assert sum(t["status"] == "ok" for t in manifest.values()) == 3
-    assert len(_tree_hashes(out)) == 3 * 3
+    assert len(_tree_hashes(out)) == 3 * 4
     assert not any("fmin=500/fmax=200" in p for p in _tree_hashes(out))
 
 
@@ -277,7 +277,7 @@ def test_a_signal_stops_every_worker_and_leaves_a_true_manifest(tmp_path: Path, 
     assert manifest["scenario=tiny/profile=zhang2020/rest_s=1/seed=0"]["status"] == "ok"
     assert not (out / "_staging").exists()
     files = _tree_hashes(out)
-    assert len(files) == 3
+    assert len(files) == 4
     assert all("rest_s=1/" in p for p in files)
     for p in files:
         pq.read_table(out / p)  # whole, valid Parquet
@@ -302,5 +302,5 @@ def test_identical_bytes_with_one_or_two_workers_and_on_ray(tmp_path: Path) -> N
     for name, extra in runs.items():
         assert main(["sweep", str(sweep), "--out", str(tmp_path / name), *extra]) == 0
         hashes[name] = _tree_hashes(tmp_path / name)
-    assert len(hashes["one"]) == 8 * 3
+    assert len(hashes["one"]) == 8 * 4
     assert hashes["one"] == hashes["two"] == hashes["ray"]

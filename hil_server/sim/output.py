@@ -146,7 +146,7 @@ class StepOutput:
 # What ``eis-hil run`` and ``eis-hil sweep`` write for one run. The Parquet schema is documented in
 # scenarios/sweeps/README.md ("Output schema"); the CSV files keep the generic EIS CSV schema.
 
-ROW_GROUP_POINTS = 4 << 20
+ROW_GROUP_POINTS = 1 << 20
 """Spectrum points buffered before a row group is written (and state rows, at most as many)."""
 BATCH_STEPS = 2000
 """Steps buffered at most before a row group is written, however few rows they hold."""
@@ -166,15 +166,16 @@ def _schemas() -> dict[str, Any]:
         ("time_s", f64),
         ("cell", i32),
         ("spectrum_id", i64),
-        ("freq_hz", f64),
-        ("z_re_ohm", f32),
-        ("z_im_ohm", f32),
-        ("true_z_re_ohm", f32),
-        ("true_z_im_ohm", f32),
-        ("dropped", pa.bool_()),
         ("soc", f32),
         ("temp_c", f32),
         ("soh", f32),
+        ("current_a", f32),
+        ("flags", i32),
+        ("z_re_ohm", pa.list_(f32)),
+        ("z_im_ohm", pa.list_(f32)),
+        ("true_z_re_ohm", pa.list_(f32)),
+        ("true_z_im_ohm", pa.list_(f32)),
+        ("dropped", pa.list_(pa.bool_())),
     ]
     faults = [
         ("time_s", f64),
@@ -189,18 +190,21 @@ def _schemas() -> dict[str, Any]:
 
 def _encodings(schema: Any) -> tuple[list[str], dict[str, str]]:
     """Dictionary columns and explicit encodings: floats byte-stream-split (their exponent and high mantissa
-    bytes line up for zstd), steps, ids and times delta-coded; freq_hz and strings dictionary-coded."""
+    bytes line up for zstd), steps and ids delta-coded, strings and flags dictionary-coded."""
     import pyarrow as pa
 
     dictionary: list[str] = []
     encoding: dict[str, str] = {}
     for field in schema:
-        if field.name == "freq_hz" or pa.types.is_string(field.type) or field.name == "flags":
-            dictionary.append(field.name)
-        elif pa.types.is_floating(field.type):
-            encoding[field.name] = "BYTE_STREAM_SPLIT"
-        elif pa.types.is_integer(field.type):
-            encoding[field.name] = "DELTA_BINARY_PACKED"
+        kind, name = field.type, field.name
+        if pa.types.is_list(kind):
+            kind, name = kind.value_type, f"{name}.list.element"
+        if pa.types.is_string(kind) or name == "flags":
+            dictionary.append(name)
+        elif pa.types.is_floating(kind):
+            encoding[name] = "BYTE_STREAM_SPLIT"
+        elif pa.types.is_integer(kind):
+            encoding[name] = "DELTA_BINARY_PACKED"
     return dictionary, encoding
 
 
@@ -264,6 +268,8 @@ class RunWriter:
         self.fmt = fmt
         self.profile = profile
         self._batch: list[StepOutput] = []
+        self.points = 0
+        """Spectrum points so far (a Parquet row holds a spectrum, a CSV row one point)."""
         self._points = 0
         self._rows = 0
         self._closed = False
@@ -278,6 +284,11 @@ class RunWriter:
                 name: ParquetFile(fs, f"{directory}/{name}.parquet", schema, meta)
                 for name, schema in _schemas().items()
             }
+            grid = frequency_table(grid_hz)
+            self._files["frequencies"] = ParquetFile(
+                fs, f"{directory}/frequencies.parquet", grid.schema, meta
+            )
+            self._files["frequencies"].write(grid)
         else:
             self._files = {
                 name: CsvFile(fs, f"{directory}/{name}.csv") for name in ("states", "spectra", "faults")
@@ -289,7 +300,9 @@ class RunWriter:
 
     def add(self, out: StepOutput) -> None:
         self._batch.append(out)
-        self._points += sum(s.z_ohm.size for s in out.spectra)
+        points = sum(s.z_ohm.size for s in out.spectra)
+        self.points += points
+        self._points += points
         self._rows += out.true.voltage_v.size
         if len(self._batch) >= BATCH_STEPS or max(self._points, self._rows) >= ROW_GROUP_POINTS:
             self.flush()
@@ -377,90 +390,18 @@ def _state_table(outputs: list[StepOutput]) -> Any:
 
 
 def _spectrum_table(spectra: list[Spectrum]) -> Any:
-    """One row per point. Inside a batch the rows go by cell, then frequency, then time: the values next to
-    each other are then one cell's impedance at one frequency over time, nearly equal, which is what makes
-    them compress to about 2 bytes a point (time order would give 6)."""
+    """One row per spectrum, its points as lists in grid order (the grid is in the file's metadata and the
+    frequencies table). Rows go by cell, then time: the values next to each other in a byte stream are then
+    one cell's impedance at one frequency in successive spectra, nearly equal, which is what makes them
+    compress to under 2 bytes a point (time order: about 3)."""
     import pyarrow as pa
 
     schema = _schemas()["spectra"]
     if not spectra:
         return schema.empty_table()
-    groups: dict[bytes, list[Spectrum]] = {}
-    for sp in spectra:  # one grid per scenario; grouped anyway so a differing grid cannot be misaligned
-        groups.setdefault(sp.freq_hz.tobytes(), []).append(sp)
-    tables = [_spectrum_group(group, schema) for group in groups.values()]
-    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-
-
-def _spectrum_group(spectra: list[Spectrum], schema: Any) -> Any:
-    cells = spectra[0].cells
-    if all(sp.cells.size == cells.size and np.array_equal(sp.cells, cells) for sp in spectra):
-        # the usual case (every cell measured together): stack (T, N, F), lay out as (N, F, T)
-        order = np.argsort(np.array([sp.time_us for sp in spectra]), kind="stable")
-        if np.all(np.diff(cells) > 0) and np.all(order == np.arange(order.size)):
-            return _stacked(spectra, schema)
-    return _scattered(spectra, schema)
-
-
-def _nft(values: npt.NDArray[Any], dtype: Any) -> npt.NDArray[Any]:
-    """(T, N, F) -> (N, F, T) flattened, converted on the way."""
-    return np.ascontiguousarray(values.transpose(1, 2, 0), dtype=dtype).ravel()
-
-
-def _stacked(spectra: list[Spectrum], schema: Any) -> Any:
-
-    n_t, (n_c, n_f) = len(spectra), spectra[0].z_ohm.shape
-    z = np.stack([sp.z_ohm for sp in spectra])
-    same_truth = all(sp.z_true_ohm is sp.z_ohm for sp in spectra)
-    z_true = z if same_truth else np.stack([sp.z_true_ohm for sp in spectra])
-
-    def per_spectrum(get: Callable[[Spectrum], npt.NDArray[Any]], dtype: Any) -> npt.NDArray[Any]:
-        rows = np.stack([get(sp) for sp in spectra]).astype(dtype).T  # (N, T)
-        return np.broadcast_to(rows[:, None, :], (n_c, n_f, n_t)).ravel()
-
-    time_s = np.array([sp.time_us / 1e6 for sp in spectra])
-    columns: dict[str, Any] = {
-        "time_s": np.tile(time_s, n_c * n_f),
-        "cell": np.repeat(spectra[0].cells.astype(np.int32), n_f * n_t),
-        "spectrum_id": per_spectrum(lambda sp: sp.cells.astype(np.int64) * 2**32 + sp.spectrum_ids, np.int64),
-        "freq_hz": np.tile(np.repeat(spectra[0].freq_hz, n_t), n_c),
-        "z_re_ohm": _nft(z.real, np.float32),
-        "z_im_ohm": _nft(z.imag, np.float32),
-        "dropped": _nft(np.stack([sp.dropped for sp in spectra]), np.bool_),
-        "soc": per_spectrum(lambda sp: sp.soc, np.float32),
-        "temp_c": per_spectrum(lambda sp: sp.temp_c, np.float32),
-        "soh": per_spectrum(lambda sp: sp.soh, np.float32),
-    }
-    same = None if same_truth else _nft(z_true == z, np.bool_)
-    if same is not None and same.all():
-        same = None
-    for name, part in (("true_z_re_ohm", z_true.real), ("true_z_im_ohm", z_true.imag)):
-        columns[name] = None if same is None else (_nft(part, np.float32), same)
-    return _table(columns, schema)
-
-
-def _table(columns: dict[str, Any], schema: Any) -> Any:
-    """The truth columns are null where the reported impedance equals them (``None``: everywhere)."""
-    import pyarrow as pa
-
-    n = columns["z_re_ohm"].size
-    arrays = []
-    for field in schema:
-        value = columns[field.name]
-        if value is None:
-            arrays.append(pa.nulls(n, field.type))
-        elif isinstance(value, tuple):
-            arrays.append(pa.array(value[0], type=field.type, mask=value[1]))
-        else:
-            arrays.append(pa.array(value, type=field.type))
-    return pa.table(arrays, schema=schema)
-
-
-def _scattered(spectra: list[Spectrum], schema: Any) -> Any:
-    """Any mix of cells and times (sweep mode, requests for some cells): rows sorted by (cell, time), then
-    point (r, f) goes to start[r] * F + f * count[r] + (r - start[r])."""
-    freq = spectra[0].freq_hz
-    n_f = freq.size
+    n_f = spectra[0].freq_hz.size
+    if any(sp.freq_hz.size != n_f for sp in spectra):  # one grid per scenario: never, but never misaligned
+        raise ValueError("spectra of one run have different frequency grids")
 
     def rows(get: Callable[[Spectrum], npt.ArrayLike]) -> npt.NDArray[Any]:
         return np.concatenate([np.broadcast_to(np.asarray(get(sp)), (sp.cells.size,)) for sp in spectra])
@@ -468,39 +409,57 @@ def _scattered(spectra: list[Spectrum], schema: Any) -> Any:
     time_us = rows(lambda sp: sp.time_us)
     cell = rows(lambda sp: sp.cells)
     order = np.lexsort((time_us, cell))
-    _, start, count = np.unique(cell[order], return_index=True, return_counts=True)
-    first = np.repeat(start, count)
-    length = np.repeat(count, count)
-    r = np.arange(order.size)
-    dest = (first * n_f)[:, None] + np.arange(n_f)[None, :] * length[:, None] + (r - first)[:, None]
-    src = np.empty(dest.size, dtype=np.int64)
-    src[dest.ravel()] = np.arange(dest.size)
-    row_of, f_of = np.divmod(src, n_f)
-    sorted_row = order[row_of]
-    flat = sorted_row * n_f + f_of
 
     def matrix(get: Callable[[Spectrum], npt.NDArray[Any]]) -> npt.NDArray[Any]:
-        return np.concatenate([get(sp) for sp in spectra]).ravel()[flat]
+        return np.concatenate([get(sp) for sp in spectra])[order]
 
     z = matrix(lambda sp: sp.z_ohm)
-    z_true = matrix(lambda sp: sp.z_true_ohm)
-    same = z_true == z
-    columns: dict[str, Any] = {
-        "time_s": (time_us / 1e6)[sorted_row],
-        "cell": cell[sorted_row].astype(np.int32),
-        "spectrum_id": rows(lambda sp: sp.cells.astype(np.int64) * 2**32 + sp.spectrum_ids)[sorted_row],
-        "freq_hz": freq[f_of],
-        "z_re_ohm": z.real.astype(np.float32),
-        "z_im_ohm": z.imag.astype(np.float32),
-        "dropped": matrix(lambda sp: sp.dropped),
-        "soc": rows(lambda sp: sp.soc)[sorted_row].astype(np.float32),
-        "temp_c": rows(lambda sp: sp.temp_c)[sorted_row].astype(np.float32),
-        "soh": rows(lambda sp: sp.soh)[sorted_row].astype(np.float32),
+    same_truth = all(sp.z_true_ohm is sp.z_ohm for sp in spectra)
+    z_true = z if same_truth else matrix(lambda sp: sp.z_true_ohm)
+    dropped = matrix(lambda sp: sp.dropped)
+    offsets = pa.array(np.arange(0, z.size + 1, n_f, dtype=np.int32))
+
+    def lists(values: npt.NDArray[Any], dtype: Any, null_rows: npt.NDArray[np.bool_] | None) -> Any:
+        flat = pa.array(np.ascontiguousarray(values, dtype=dtype).ravel())
+        mask = None if null_rows is None else pa.array(null_rows)
+        return pa.ListArray.from_arrays(offsets, flat, mask=mask)
+
+    # the truth is stored only for spectra whose report differs from it (a fault or noise acted)
+    untouched = np.ones(len(z), dtype=np.bool_) if same_truth else np.all(z_true == z, axis=1)
+    columns = {
+        "time_s": time_us[order] / 1e6,
+        "cell": cell[order].astype(np.int32),
+        "spectrum_id": rows(lambda sp: sp.cells.astype(np.int64) * 2**32 + sp.spectrum_ids)[order],
+        "soc": rows(lambda sp: sp.soc)[order],
+        "temp_c": rows(lambda sp: sp.temp_c)[order],
+        "soh": rows(lambda sp: sp.soh)[order],
+        "current_a": rows(lambda sp: sp.current_a)[order],
+        "flags": rows(lambda sp: sp.flags)[order].astype(np.int32),
+        "z_re_ohm": lists(z.real, np.float32, None),
+        "z_im_ohm": lists(z.imag, np.float32, None),
+        "true_z_re_ohm": lists(z_true.real, np.float32, untouched),
+        "true_z_im_ohm": lists(z_true.imag, np.float32, untouched),
+        "dropped": lists(dropped, np.bool_, np.asarray(~dropped.any(axis=1))),
     }
-    truth = not same.all()
-    columns["true_z_re_ohm"] = (z_true.real.astype(np.float32), same) if truth else None
-    columns["true_z_im_ohm"] = (z_true.imag.astype(np.float32), same) if truth else None
-    return _table(columns, schema)
+    return pa.table(
+        [
+            c if isinstance(c, pa.Array) else pa.array(c, type=f.type)
+            for f, c in zip(schema, columns.values(), strict=True)
+        ],
+        schema=schema,
+    )
+
+
+def frequency_table(grid_hz: Sequence[float]) -> Any:
+    """The grid of a run: element k of a spectrum's lists is at ``freq_hz`` of ``freq_index`` k (0-based)."""
+    import pyarrow as pa
+
+    return pa.table(
+        {
+            "freq_index": pa.array(np.arange(len(grid_hz), dtype=np.int32)),
+            "freq_hz": pa.array(np.asarray(grid_hz, dtype=np.float64)),
+        }
+    )
 
 
 def _generic_spectrum_columns(outputs: list[StepOutput], profile: str) -> dict[str, npt.ArrayLike]:

@@ -4,9 +4,11 @@ Output directory (one per run; a seed sweep writes ``seed=<n>/`` partitions of o
 
     states.parquet    one row per step and cell: time_s, step, cell, reported voltage_v, current_a, temp_c,
                       soc, soh, flags, and the ground truth true_voltage_v ... true_soh
-    spectra.parquet   one row per spectrum point: time_s, cell, spectrum_id, freq_hz, z_re_ohm, z_im_ohm
-                      (float32), true_z_re_ohm/true_z_im_ohm (null where equal to the reported value),
-                      dropped, soc, temp_c, soh; the schema is in scenarios/sweeps/README.md
+    spectra.parquet   one row per spectrum: time_s, cell, spectrum_id, soc, temp_c, soh, current_a, flags
+                      and its points as float32 lists in grid order: z_re_ohm, z_im_ohm, true_z_re_ohm and
+                      true_z_im_ohm (null where equal to the reported spectrum), dropped (null if none was);
+                      the schema is in scenarios/sweeps/README.md
+    frequencies.parquet  the grid once: freq_index (position in those lists), freq_hz
     faults.parquet    fault starts and ends: time_s, fault_id, kind, phase, cells, severity
     run.json          scenario, seed, model, simulated seconds, counts, wall time
 
@@ -110,6 +112,7 @@ def run_scenario(
         "finished": engine.finished,
         "steps": steps,
         "rows": rows,
+        "spectrum_points": writer.points,
         "format": fmt,
         "wall_s": round(time.monotonic() - started, 3),
     }

@@ -4,6 +4,7 @@ filesystem layer (a local directory, or ``s3://bucket/prefix`` and the like wher
     OUT/states/scenario=S/profile=P/[override=V/...]seed=N/part-0.parquet
     OUT/spectra/.../part-0.parquet
     OUT/faults/.../part-0.parquet
+    OUT/frequencies/.../part-0.parquet   the EIS grid: freq_index (0-based position in the lists), freq_hz
     OUT/manifest.json      one entry per task attempted: coordinates, hashes, status, error, rows, wall time
     OUT/_staging/          tasks being written (globs over OUT/<table> never see it)
 
@@ -25,7 +26,7 @@ from .tasks import Task
 
 log = structlog.get_logger(__name__)
 
-TABLES = ("states", "spectra", "faults")
+TABLES = ("states", "spectra", "faults", "frequencies")
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 
@@ -130,6 +131,7 @@ class Dataset:
             "task_sha256": task.sha256,
             "status": result["status"],
             "rows": result.get("rows"),
+            "spectrum_points": result.get("spectrum_points"),
             "simulated_s": result.get("simulated_s"),
             "finished": result.get("finished"),
             "wall_s": result.get("wall_s"),

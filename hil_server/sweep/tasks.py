@@ -143,6 +143,7 @@ def run_task(task: Task, staging: str) -> dict[str, Any]:
         result.update(
             status="ok",
             rows=rows,
+            spectrum_points=writer.points,
             simulated_s=engine.time_s,
             steps=steps,
             finished=engine.finished,
