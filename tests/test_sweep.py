@@ -304,3 +304,44 @@ def test_identical_bytes_with_one_or_two_workers_and_on_ray(tmp_path: Path) -> N
         hashes[name] = _tree_hashes(tmp_path / name)
     assert len(hashes["one"]) == 8 * 4
     assert hashes["one"] == hashes["two"] == hashes["ray"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_worker_fails_only_its_task(tmp_path: Path) -> None:
+    _scenario(tmp_path)
+    # one worker: the long first task is the one running when it is killed; a new worker runs the rest
+    sweep = _sweep(
+        tmp_path,
+        "name: s\nscenarios: [tiny.yaml]\noverrides:\n"
+        "  - {key: 'timeline[0].rest.duration_s', name: rest_s, values: [1000000, 1, 2]}\n",
+    )
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hil_server.cli", "sweep", str(sweep), "--out", str(out), "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not _children(proc.pid):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (worker,) = _children(proc.pid)
+        os.kill(worker, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stderr
+    manifest = _manifest(out)
+    assert {k.split("/")[2]: t["status"] for k, t in manifest.items()} == {
+        "rest_s=1000000": "failed",
+        "rest_s=1": "ok",
+        "rest_s=2": "ok",
+    }
+    assert manifest["scenario=tiny/profile=zhang2020/rest_s=1000000/seed=0"]["error"] == (
+        "worker process died (killed by signal 9)"
+    )
+    assert "2 of 3 tasks finished" in stdout
