@@ -143,11 +143,14 @@ def main() -> None:
     parser.add_argument("--task-wall-s", type=float, default=10.0, help="wall seconds of one sweep task")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray executor")
     parser.add_argument("--skip-pack", action="store_true", help="only the sweep part")
+    parser.add_argument("--skip-sweep", action="store_true", help="only the 1000-cell part")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         if not args.skip_pack:
             _pack(tmp, args.pack_s)
+        if args.skip_sweep:
+            return
         (tmp / "task.yaml").write_text(TASK, encoding="utf-8")
         probe_s = 120.0
         (tmp / "probe").mkdir()

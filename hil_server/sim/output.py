@@ -162,20 +162,22 @@ def _schemas() -> dict[str, Any]:
     for prefix in ("", "true_"):
         states += [(prefix + n, f32) for n in ("voltage_v", "current_a", "temp_c", "soc", "soh")]
     states.append(("flags", i32))
+    # lists of non-null elements, the reported ones non-null too: fewer levels to encode per point
+    points = pa.list_(pa.field("element", f32, nullable=False))
     spectra = [
-        ("time_s", f64),
-        ("cell", i32),
-        ("spectrum_id", i64),
+        pa.field("time_s", f64, nullable=False),
+        pa.field("cell", i32, nullable=False),
+        pa.field("spectrum_id", i64, nullable=False),
         ("soc", f32),
         ("temp_c", f32),
         ("soh", f32),
         ("current_a", f32),
         ("flags", i32),
-        ("z_re_ohm", pa.list_(f32)),
-        ("z_im_ohm", pa.list_(f32)),
-        ("true_z_re_ohm", pa.list_(f32)),
-        ("true_z_im_ohm", pa.list_(f32)),
-        ("dropped", pa.list_(pa.bool_())),
+        pa.field("z_re_ohm", points, nullable=False),
+        pa.field("z_im_ohm", points, nullable=False),
+        ("true_z_re_ohm", points),
+        ("true_z_im_ohm", points),
+        ("dropped", pa.list_(pa.field("element", pa.bool_(), nullable=False))),
     ]
     faults = [
         ("time_s", f64),
@@ -409,23 +411,41 @@ def _spectrum_table(spectra: list[Spectrum]) -> Any:
     time_us = rows(lambda sp: sp.time_us)
     cell = rows(lambda sp: sp.cells)
     order = np.lexsort((time_us, cell))
+    first = spectra[0].cells
+    # the usual case (every cell measured together, one spectrum per time): a transpose, no gather
+    grid = all(np.array_equal(sp.cells, first) for sp in spectra) and bool(np.all(np.diff(first) > 0))
+    grid = grid and bool(np.all(np.diff([sp.time_us for sp in spectra]) > 0))
 
-    def matrix(get: Callable[[Spectrum], npt.NDArray[Any]]) -> npt.NDArray[Any]:
-        return np.concatenate([get(sp) for sp in spectra])[order]
+    def matrix(get: Callable[[Spectrum], npt.NDArray[Any]], dtype: Any = None) -> npt.NDArray[Any]:
+        if grid:
+            out = np.empty((first.size, len(spectra), n_f), dtype=dtype or get(spectra[0]).dtype)
+            for t, sp in enumerate(spectra):
+                out[:, t, :] = get(sp)
+            return out.reshape(-1, n_f)
+        gathered = np.concatenate([get(sp) for sp in spectra])[order]
+        return gathered if dtype is None else gathered.astype(dtype)
 
-    z = matrix(lambda sp: sp.z_ohm)
+    z_re = matrix(lambda sp: sp.z_ohm.real, np.float32)
+    z_im = matrix(lambda sp: sp.z_ohm.imag, np.float32)
     same_truth = all(sp.z_true_ohm is sp.z_ohm for sp in spectra)
-    z_true = z if same_truth else matrix(lambda sp: sp.z_true_ohm)
+    true_re = z_re if same_truth else matrix(lambda sp: sp.z_true_ohm.real, np.float32)
+    true_im = z_im if same_truth else matrix(lambda sp: sp.z_true_ohm.imag, np.float32)
     dropped = matrix(lambda sp: sp.dropped)
-    offsets = pa.array(np.arange(0, z.size + 1, n_f, dtype=np.int32))
+    offsets = pa.array(np.arange(0, z_re.size + 1, n_f, dtype=np.int32))
+    by_name = {f.name: f.type for f in schema}
 
-    def lists(values: npt.NDArray[Any], dtype: Any, null_rows: npt.NDArray[np.bool_] | None) -> Any:
-        flat = pa.array(np.ascontiguousarray(values, dtype=dtype).ravel())
+    def lists(name: str, values: npt.NDArray[Any], null_rows: npt.NDArray[np.bool_] | None) -> Any:
+        flat = pa.array(np.ascontiguousarray(values).ravel())
         mask = None if null_rows is None else pa.array(null_rows)
-        return pa.ListArray.from_arrays(offsets, flat, mask=mask)
+        return pa.ListArray.from_arrays(offsets, flat, type=by_name[name], mask=mask)
 
-    # the truth is stored only for spectra whose report differs from it (a fault or noise acted)
-    untouched = np.ones(len(z), dtype=np.bool_) if same_truth else np.all(z_true == z, axis=1)
+    # the truth is stored only for spectra whose report differs from it (a fault or noise acted); compared
+    # as float32, what the file holds
+    untouched = (
+        np.ones(len(z_re), dtype=np.bool_)
+        if same_truth
+        else np.all((true_re == z_re) & (true_im == z_im), axis=1)
+    )
     columns = {
         "time_s": time_us[order] / 1e6,
         "cell": cell[order].astype(np.int32),
@@ -435,11 +455,11 @@ def _spectrum_table(spectra: list[Spectrum]) -> Any:
         "soh": rows(lambda sp: sp.soh)[order],
         "current_a": rows(lambda sp: sp.current_a)[order],
         "flags": rows(lambda sp: sp.flags)[order].astype(np.int32),
-        "z_re_ohm": lists(z.real, np.float32, None),
-        "z_im_ohm": lists(z.imag, np.float32, None),
-        "true_z_re_ohm": lists(z_true.real, np.float32, untouched),
-        "true_z_im_ohm": lists(z_true.imag, np.float32, untouched),
-        "dropped": lists(dropped, np.bool_, np.asarray(~dropped.any(axis=1))),
+        "z_re_ohm": lists("z_re_ohm", z_re, None),
+        "z_im_ohm": lists("z_im_ohm", z_im, None),
+        "true_z_re_ohm": lists("true_z_re_ohm", true_re, untouched),
+        "true_z_im_ohm": lists("true_z_im_ohm", true_im, untouched),
+        "dropped": lists("dropped", dropped, np.asarray(~dropped.any(axis=1))),
     }
     return pa.table(
         [
