@@ -68,22 +68,23 @@ def _pack(tmp: Path, seconds: float) -> None:
     everything = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {cpu})
     try:
-        engine, _, _ = build_engine(path)
-        start = time.perf_counter()
-        while engine.time_s < seconds:
-            engine.step()
-        engine_x = engine.time_s / (time.perf_counter() - start)
+        engine_x = run_x = 0.0
+        for _ in range(2):  # alternated, best of two: a shared machine's load comes and goes
+            engine, _, _ = build_engine(path)
+            start = time.perf_counter()
+            while engine.time_s < seconds:
+                engine.step()
+            engine_x = max(engine_x, engine.time_s / (time.perf_counter() - start))
 
-        engine, scenario, _ = build_engine(path)
-        out = tmp / "pack_out"
-        start = time.perf_counter()
-        writer = RunWriter(
-            pyarrow.fs.LocalFileSystem(), str(out), "parquet", "rashid2023", scenario.eis.frequencies_hz
-        )
-        while engine.time_s < seconds:
-            writer.add(engine.step())
-        writer.close()
-        run_x = engine.time_s / (time.perf_counter() - start)
+            engine, scenario, _ = build_engine(path)
+            out = tmp / "pack_out"
+            start = time.perf_counter()
+            fs = pyarrow.fs.LocalFileSystem()
+            writer = RunWriter(fs, str(out), "parquet", "rashid2023", scenario.eis.frequencies_hz)
+            while engine.time_s < seconds:
+                writer.add(engine.step())
+            writer.close()
+            run_x = max(run_x, engine.time_s / (time.perf_counter() - start))
     finally:
         os.sched_setaffinity(0, everything)
     size = (out / "spectra.parquet").stat().st_size
