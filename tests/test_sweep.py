@@ -154,6 +154,7 @@ def test_options_out_of_range_and_unwritable_output_are_refused_before_work(tmp_
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["sweep", str(sweep), "--out", str(blocker / "o")]) == 2
+    assert main(["sweep", str(sweep), "--out", "nosuchfs://bucket/prefix"]) == 2
     assert not (tmp_path / "o").exists()
 
 

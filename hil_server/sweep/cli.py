@@ -91,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(f"{task.id}\n")
         sys.stdout.write(f"{len(tasks)} tasks\n")
         return 0
-    dataset = Dataset(args.out, header)
     try:
+        dataset = Dataset(args.out, header)
         dataset.prepare()
     except (OSError, ValueError) as exc:
         log.error("sweep", error=f"cannot write to {args.out}: {exc}")
