@@ -231,6 +231,16 @@ def _children(pid: int) -> set[int]:
     return out
 
 
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        children = _children(todo.pop())
+        todo.extend(children - found)
+        found |= children
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
@@ -240,9 +250,16 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_every_worker_and_leaves_a_true_manifest(tmp_path: Path, signum: int) -> None:
+@pytest.mark.parametrize(
+    ("signum", "executor"),
+    [(signal.SIGINT, "local"), (signal.SIGTERM, "local"), (signal.SIGINT, "ray")],
+)
+def test_a_signal_stops_every_worker_and_leaves_a_true_manifest(
+    tmp_path: Path, signum: int, executor: str
+) -> None:
     pq = pytest.importorskip("pyarrow.parquet")
+    if executor == "ray":
+        pytest.importorskip("ray")
     _scenario(tmp_path)
     # one short task, one that would run for minutes: the signal comes once the short one is recorded
     sweep = _sweep(
@@ -251,8 +268,19 @@ def test_a_signal_stops_every_worker_and_leaves_a_true_manifest(tmp_path: Path, 
         "  - {key: 'timeline[0].rest.duration_s', name: rest_s, values: [1, 1000000]}\n",
     )
     out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "hil_server.cli",
+        "sweep",
+        str(sweep),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+    ]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hil_server.cli", "sweep", str(sweep), "--out", str(out), "--workers", "2"],
+        [*command, "--executor", executor],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -263,7 +291,7 @@ def test_a_signal_stops_every_worker_and_leaves_a_true_manifest(tmp_path: Path, 
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        workers = _children(proc.pid)
+        workers = _descendants(proc.pid)  # worker processes; on Ray also its raylet, GCS and their workers
         proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=60)
     finally:

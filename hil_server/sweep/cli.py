@@ -101,9 +101,9 @@ def run(args: argparse.Namespace) -> int:
     skipped = len(tasks) - len(todo)
     if skipped:
         log.info("resuming", finished_before=skipped, to_run=len(todo))
-    with _signals_raise():
+    with _stop_on_signals() as stop:
         try:
-            failed = _execute(args, dataset, todo, workers, skipped, len(tasks))
+            failed = _execute(args, dataset, todo, workers, skipped, len(tasks), stop)
         except StopRequestedError as exc:
             dataset.cleanup()
             dataset.write_manifest()
@@ -120,41 +120,54 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+class _StopFlag:
+    """SIGINT and SIGTERM set it and the sweep loop checks it between events (at least once a second).
+    Raising from the handler instead would unwind through whatever call is waiting: Ray's ``wait`` turns
+    that into a SystemError."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def install(self) -> None:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, self.handler)
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise StopRequestedError(self.signum)
+
+
 @contextmanager
-def _signals_raise() -> Iterator[None]:
-    """SIGINT and SIGTERM raise StopRequestedError in the main thread, wherever it waits."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the clean-up
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise StopRequestedError(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+def _stop_on_signals() -> Iterator[_StopFlag]:
+    stop = _StopFlag()
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop.install()
     try:
-        yield
+        yield stop
     finally:
         for s, h in old.items():
             signal.signal(s, h)
 
 
-@contextmanager
-def _signals_deferred() -> Iterator[None]:
-    signals = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-
-
 def _execute(
-    args: argparse.Namespace, dataset: Any, todo: list[Any], workers: int, skipped: int, total: int
+    args: argparse.Namespace,
+    dataset: Any,
+    todo: list[Any],
+    workers: int,
+    skipped: int,
+    total: int,
+    stop: _StopFlag,
 ) -> int:
     from .executors import Executor, LocalExecutor, RayExecutor
 
     executor: Executor = (
         RayExecutor(workers, args.address) if args.executor == "ray" else LocalExecutor(workers)
     )
+    stop.install()  # again: starting Ray installs handlers of its own
     status = StatusLine()
     started = time.monotonic()
     done = failed = 0
@@ -182,11 +195,11 @@ def _execute(
             )
 
     try:
+        stop.check()
         for event in executor.run([(t, dataset.staging(t)) for t in todo]):
             if event is not None:
                 task, result = event
-                with _signals_deferred():  # a partition moves in and its manifest entry follows, whole
-                    dataset.commit(task, result)
+                dataset.commit(task, result)  # a partition moves in, then its manifest entry follows
                 if result["status"] == "ok":
                     done += 1
                     simulated += float(result["simulated_s"])
@@ -196,6 +209,7 @@ def _execute(
                     if args.debug and result.get("trace"):
                         sys.stderr.write(str(result["trace"]))
             progress()
+            stop.check()
     except BaseException:
         executor.stop()
         raise
