@@ -260,6 +260,18 @@ class ParquetFile:
             raise self._error
 
 
+def filesystem(uri: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path inside it) for a local path or a URI such as ``s3://bucket/prefix``."""
+    import pyarrow.fs as pafs
+
+    if "://" not in uri:
+        from pathlib import Path
+
+        return pafs.LocalFileSystem(), Path(uri).resolve().as_posix()
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs, path.rstrip("/")
+
+
 class RunWriter:
     """The files of one run: states, spectra and faults, in Parquet (compact schema) or CSV (generic EIS
     CSV schema for spectra). Steps are buffered and written in large batches; memory stays bounded."""

@@ -36,7 +36,7 @@ from ..model.runtime import NumpyPinn
 from ..model.store import BUNDLED_MODEL_DIR, ModelMetadata, read_metadata
 from ..scenario import Scenario, load_scenario, scenario_hash
 from .engine import Engine
-from .output import BATCH_STEPS, RunWriter
+from .output import BATCH_STEPS, RunWriter, filesystem
 from .profiles import OperatingRange
 from .source import PinnCircuitSource
 
@@ -58,7 +58,9 @@ def build_engine(
     meta = read_metadata(model_dir)
     runtime = NumpyPinn.load(model_dir)
     profile = resolve(scenario.cells.profile, meta)
-    latents = {profile.name: (profile.base, profile.latent)} if profile.latent is not None else None
+    latents = (
+        {profile.name: (profile.base, profile.latent, profile.aging)} if profile.latent is not None else None
+    )
     ranges = {
         name: OperatingRange(tuple(r["soc"]), tuple(r["temp_c"]), tuple(r["soh"]))  # type: ignore[arg-type]
         for name, r in meta.input_ranges.items()
@@ -82,11 +84,8 @@ def run_scenario(
     """Run one scenario to its end (or ``max_s`` simulated seconds) and write the files. Returns run.json."""
     started = time.monotonic()
     engine, scenario, meta = build_engine(scenario_path, model_dir, seed)
-    import pyarrow.fs
-
     writer = RunWriter(
-        pyarrow.fs.LocalFileSystem(),
-        str(out_dir.resolve()),
+        *filesystem(str(out_dir)),
         fmt,
         scenario.cells.profile,
         scenario.eis.frequencies_hz,

@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from ..sim.output import filesystem
 from .tasks import Task
 
 log = structlog.get_logger(__name__)
@@ -29,18 +30,6 @@ log = structlog.get_logger(__name__)
 TABLES = ("states", "spectra", "faults", "frequencies")
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-
-
-def filesystem(uri: str) -> tuple[Any, str]:
-    """(pyarrow filesystem, path inside it) for a local path or a URI such as ``s3://bucket/prefix``."""
-    import pyarrow.fs as pafs
-
-    if "://" not in uri:
-        from pathlib import Path
-
-        return pafs.LocalFileSystem(), Path(uri).resolve().as_posix()
-    fs, path = pafs.FileSystem.from_uri(uri)
-    return fs, path.rstrip("/")
 
 
 def _join(uri: str, *parts: str) -> str:

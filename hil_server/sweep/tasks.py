@@ -116,9 +116,8 @@ def expand(sweep: Sweep, model_dir: Path, model_sha256: str) -> list[Task]:
 def run_task(task: Task, staging: str) -> dict[str, Any]:
     """Run one task into ``staging`` (a URI or path: a directory of states, spectra and faults .parquet).
     Never raises for a problem of the task itself: the result says ``failed`` and why."""
-    from ..sim.output import RunWriter
+    from ..sim.output import RunWriter, filesystem
     from ..sim.run import build_engine
-    from .dataset import filesystem
 
     started = time.monotonic()
     result: dict[str, Any] = {"id": task.id, "sha256": task.sha256}
