@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-tflite": ("model", "write the PINN (physics layer included) as a .tflite model"),
     "run": ("scenario", "run a scenario as fast as possible into files (no network)"),
     "validate": ("scenario", "check scenario files without running them"),
+    "sweep": ("sweep", "run a sweep file's tasks into one partitioned Parquet dataset"),
     "client": ("client", "mock BMS: connect, subscribe, check and show what arrives, send control commands"),
     "record": ("record", "connect to a server and record every frame it sends into a capture file"),
     "export": (
