@@ -72,7 +72,7 @@ class TrainConfig:
     w_smooth: float = 1e-3
     w_latent: float = 1e-3
     w_arrhenius: float = 0.1
-    w_observable: float = 10.0
+    w_observable: float = 1000.0
     w_centre: float = 1.0
     n_collocation: int = 256
     cell_dropout: float = 0.3
@@ -272,7 +272,10 @@ def fit(
         return {
             "profile": rng.integers(0, n_profiles, n).astype(np.int32),
             "cell": np.where(rng.random(n) < 0.5, 0, rng.integers(1, len(cells) + 1, n)).astype(np.int32),
-            "soc": rng.uniform(*COLLOCATION_RANGES["soc"], n).astype(np.float32),
+            # a quarter at the SOC ends, where the data stop and the grid check looks (SOC 0 and 1)
+            "soc": np.where(
+                rng.random(n) < 0.25, rng.integers(0, 2, n), rng.uniform(*COLLOCATION_RANGES["soc"], n)
+            ).astype(np.float32),
             "temp_c": rng.uniform(t_lo + OBSERVABLE_TEMP_STEP, t_hi, n).astype(np.float32),
             "soh": rng.uniform(lo + OBSERVABLE_SOH_STEP, hi, n).astype(np.float32),
         }
