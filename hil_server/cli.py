@@ -447,7 +447,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="eis-hil", description="EIS hardware-in-the-loop server for BMS development"
+        prog="eis-hil",
+        description="EIS hardware-in-the-loop server for BMS development",
+        allow_abbrev=False,  # or a command's --log would be taken for an abbreviation of --log-json
     )
     parser.add_argument("--version", action="version", version=f"eis-hil {__version__}")
     parser.add_argument(
@@ -553,6 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check scenario files without running them")
     val.add_argument("files", nargs="+", metavar="FILE")
     val.set_defaults(func=cmd_validate)
+
+    from . import can_cli
+
+    canb = sub.add_parser("can-bridge", help="send cell states as CAN frames defined by a DBC (python-can)")
+    can_cli.add_arguments(canb)
+    canb.set_defaults(func=can_cli.run)
 
     # Commands that live in their own modules: each has ``register(subparsers)`` and keeps its imports
     # light at module level (the parser is built on every invocation).
