@@ -1,0 +1,272 @@
+"""eis-hil can-bridge on python-can's virtual bus, decoded with cantools from foxBMS 2's own DBC
+(../shared/data/foxbms, as CI has it) and compared with the TCP stream at the same steps."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import can
+import cantools
+import numpy as np
+import pytest
+
+import protocol as p
+from hil_server.cli import main
+from hil_server.testing import loopback
+from hil_server.transport.can.bridge import CanEncoder
+from hil_server.transport.can.budget import BudgetError, classic_frame_bits, plan_bus
+from hil_server.transport.can.mapping import MappingError, bind, load_mapping
+
+ROOT = Path(__file__).resolve().parent.parent
+FOX_DBC = ROOT.parent / "shared" / "data" / "foxbms" / "foxbms.dbc"
+MF = p.CellFlags.MEASUREMENT_FAULT
+
+SCENARIO = """\
+name: can_faults
+description: 6 cells on US06 with a stuck temperature sensor, NaN voltage readings and a voltage offset
+seed: 3
+step_rate_hz: 10
+eis:
+  interval_s: 600
+  mode: instant
+  frequencies: {min_hz: 1, max_hz: 1000, points_per_decade: 2}
+cells:
+  count: 6
+  profile: zhang2020
+  soc: 0.9
+ambient:
+  temp_c: -5
+timeline:
+  - drive_cycle: {cycle: US06, scale: 0.009, loops: 1}
+faults:
+  - {kind: frozen, start_s: 2, duration_s: 3, cells: [1], signal: temperature}
+  - {kind: nan, start_s: 4, duration_s: 2, cells: [4], signal: voltage, probability: 0.5}
+  - {kind: offset, start_s: 1, duration_s: 1, cells: [5], signal: voltage, offset_v: 0.015}
+"""
+UNTIL_S = 8.0
+
+
+@pytest.fixture(scope="module")
+def fox_db() -> Any:
+    return cantools.database.load_file(FOX_DBC)
+
+
+@pytest.fixture
+def scenario(tmp_path: Path) -> Path:
+    path = tmp_path / "can_faults.yaml"
+    path.write_text(SCENARIO)
+    return path
+
+
+def _tcp_states(scenario: Path) -> dict[int, p.CellStates]:
+    """The reference: what a TCP client of the same scenario receives, by simulated time."""
+
+    async def collect() -> dict[int, p.CellStates]:
+        out: dict[int, p.CellStates] = {}
+        async with loopback(scenario) as (_, client):
+            await client.subscribe(p.SubscribeMask.CELL_STATES)
+            while True:
+                msg = await client.next_message(p.CellStates, timeout=10)
+                if msg.t_sim_us > UNTIL_S * 1e6:
+                    return out
+                out[msg.t_sim_us] = msg
+
+    return asyncio.run(collect())
+
+
+def _bridge(scenario: Path, channel: str, *extra: str) -> int:
+    argv = ["can-bridge", "--interface", "virtual", "--channel", channel, "--dbc", str(FOX_DBC)]
+    argv += ["--mapping", "foxbms", "--scenario", str(scenario), "--speed", "0", "--until", str(UNTIL_S)]
+    return main([*argv, *extra])
+
+
+def _drain(bus: can.BusABC) -> list[can.Message]:
+    out = []
+    while (msg := bus.recv(timeout=0)) is not None:
+        out.append(msg)
+    return out
+
+
+def test_frames_decoded_with_foxbms_dbc_match_the_tcp_stream_with_faults(
+    tmp_path: Path, scenario: Path, fox_db: Any
+) -> None:
+    reference = _tcp_states(scenario)
+    channel = f"t-{uuid.uuid4().hex}"
+    log_file = tmp_path / "run.log"
+    with can.Bus(interface="virtual", channel=channel) as rx:
+        assert _bridge(scenario, channel, "--log", str(log_file)) == 0
+        live = _drain(rx)
+    logged = list(can.LogReader(log_file))
+    assert [(m.arbitration_id, bytes(m.data)) for m in live] == [
+        (m.arbitration_id, bytes(m.data)) for m in logged
+    ]
+    volts, temps = (
+        fox_db.get_message_by_name("AFE_CellVoltages"),
+        fox_db.get_message_by_name("AFE_CellTemperatures"),
+    )
+    seen: dict[tuple[int, str], int] = {}
+    flagged = {"voltage": 0, "temperature": 0}
+    for msg in logged:
+        t_us = round(msg.timestamp * 1e6)
+        ref = reference[t_us]  # every frame belongs to a step the TCP stream carried
+        rec = {int(c): i for i, c in enumerate(ref.records["cell"])}
+        dec = fox_db.decode_message(msg.arbitration_id, msg.data, decode_choices=False)
+        if msg.arbitration_id == volts.frame_id:
+            kind, first, per, sig = "voltage", 4 * dec["AFE_CellVoltages_Mux"], 4, "CellVoltage"
+        else:
+            assert msg.arbitration_id == temps.frame_id
+            kind, first, per, sig = "temperature", 6 * dec["AFE_CellTemperatures_Mux"], 6, "CellTemperature"
+        for index in range(first, first + per):
+            value, flag = dec[f"{sig}_{index:03d}"], dec[f"{sig}_{index:03d}_invalidFlag"]
+            if index not in rec:  # the stream has 6 cells: the rest of the frame is marked invalid
+                assert (value, flag) == (0, 1)
+                continue
+            r = ref.records[rec[index]]
+            expect = r["voltage_uV"] / 1000 if kind == "voltage" else r["temperature_mdegC"] / 1000
+            assert abs(value - expect) <= 0.5 + 1e-9, (t_us, kind, index, value, expect)  # 1 mV, 1 degC
+            assert flag == int(bool(r["flags"] & MF)), (t_us, kind, index)  # set bit = invalid (firmware)
+            flagged[kind] += flag
+            seen[(t_us, kind)] = seen.get((t_us, kind), 0) + 1
+    # every step of the stream, every cell, both quantities (period 100 ms = the step)
+    assert set(seen) == {(t, k) for t in reference for k in ("voltage", "temperature")}
+    assert set(seen.values()) == {6}
+    # cell 1 frozen 3 s, cell 4 NaN 2 s, cell 5 offset 1 s, at 10 Hz: 60 steps x cell flagged per quantity
+    assert flagged == {"voltage": 60, "temperature": 60}
+
+
+@pytest.mark.parametrize("suffix", [".asc", ".blf"])
+def test_log_formats_replay_what_was_sent(tmp_path: Path, scenario: Path, suffix: str) -> None:
+    channel = f"t-{uuid.uuid4().hex}"
+    log_file = tmp_path / f"run{suffix}"
+    with can.Bus(interface="virtual", channel=channel) as rx:
+        assert _bridge(scenario, channel, "--log", str(log_file)) == 0
+        live = _drain(rx)
+    logged = list(can.LogReader(log_file))
+    assert len(live) == 3 * 80  # 2 voltage + 1 temperature frames per step, 80 steps
+    assert [(m.arbitration_id, bytes(m.data)) for m in logged] == [
+        (m.arbitration_id, bytes(m.data)) for m in live
+    ]
+    times = [m.timestamp - logged[0].timestamp for m in logged]
+    assert times[-1] == pytest.approx(7.9, abs=1e-3)  # simulated time, for can.Player
+
+
+def test_worst_case_frame_bits_and_foxbms_budget(fox_db: Any) -> None:
+    assert classic_frame_bits(8) == 135
+    assert classic_frame_bits(8, extended=True) == 160
+    plans = bind(load_mapping("foxbms"), fox_db, range(160))
+    budget = plan_bus(plans, 500_000)
+    assert [(m.name, m.frames_per_period) for m in budget.messages] == [
+        ("AFE_CellVoltages", 40),
+        ("AFE_CellTemperatures", 27),
+    ]
+    assert budget.bits_per_s == pytest.approx(67 * 135 * 10)  # 90 450 bit/s
+    assert budget.fits
+    assert budget.load == pytest.approx(0.1809)
+    slow = plan_bus(plans, 100_000)
+    assert slow.decimation == 2
+    assert "does NOT fit" in slow.describe()
+    with pytest.raises(BudgetError, match="refused"):
+        plan_bus(plans, 100_000, decimate=False)
+
+
+def _states(step: int, n: int, voltage_uV: int = 3_700_000, flags: int = 0) -> p.CellStates:
+    return p.CellStates.from_columns(
+        step * 100_000,
+        0,
+        step,
+        cell=np.arange(n),
+        voltage_uV=np.full(n, voltage_uV),
+        current_uA=0,
+        temperature_mdegC=25_000,
+        soc_ppm=500_000,
+        soh_ppm=1_000_000,
+        flags=flags,
+    )
+
+
+def test_decimation_multiplies_the_periods_and_out_of_range_is_flagged(fox_db: Any) -> None:
+    plans = bind(load_mapping("foxbms"), fox_db, range(4))
+    enc = CanEncoder(plans, range(4), decimation=3)
+    sent = []
+    for step in range(1, 10):
+        assert enc.update(_states(step, 4, voltage_uV=9_000_000 if step == 7 else 3_700_000))
+        sent.append(len(enc.due()))
+    assert sent == [2, 0, 0, 2, 0, 0, 2, 0, 0]  # every 3rd step: one voltage and one temperature frame
+    assert enc.stats.clamped == 4  # step 7: 9 V does not fit 13 bits of mV
+    frame = CanEncoder(plans, range(4))
+    frame.update(_states(7, 4, voltage_uV=9_000_000))
+    dec = fox_db.decode_message(0x270, frame.due()[0].data, decode_choices=False)
+    assert dec["CellVoltage_000"] == 8191
+    assert dec["CellVoltage_000_invalidFlag"] == 1
+
+
+def test_a_step_split_over_frames_is_sent_once_complete(fox_db: Any) -> None:
+    plans = bind(load_mapping("foxbms"), fox_db, range(8))
+    enc = CanEncoder(plans, range(8))
+    whole = _states(1, 8)
+    first = p.CellStates(whole.t_sim_us, 0, 1, whole.records[:5])
+    rest = p.CellStates(whole.t_sim_us, 0, 1, whole.records[5:])
+    assert not enc.update(first)
+    assert enc.update(rest)
+    assert len(enc.due()) == 2 + 2
+
+
+def test_mapping_errors_name_file_line_and_key(tmp_path: Path, fox_db: Any) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "messages:\n"
+        "  - message: AFE_CellVoltages\n"
+        "    period_ms: 100\n"
+        "    perod: 3\n"
+        "    signals:\n"
+        "      - {field: volts, name: 'CellVoltage_{index:03d}'}\n"
+    )
+    with pytest.raises(MappingError) as err:
+        load_mapping(bad)
+    text = str(err.value)
+    assert f"{bad}:4: messages[0].perod: unknown key 'perod'" in text
+    assert f"{bad}:6: messages[0].signals[0].field: expected one of voltage" in text
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(
+        "messages:\n"
+        "  - message: AFE_CellVoltage\n"
+        "    period_ms: 100\n"
+        "    signals: [{field: voltage, name: 'CellVoltage_{index:03d}'}]\n"
+        "  - message: AFE_CellTemperatures\n"
+        "    period_ms: 100\n"
+        "    signals:\n"
+        "      - {field: temperature, name: 'CellTemp_{index}'}\n"
+    )
+    with pytest.raises(MappingError) as err:
+        bind(load_mapping(wrong), fox_db, range(4))
+    text = str(err.value)
+    assert f"{wrong}:2: messages[0].message: no message 'AFE_CellVoltage' in the DBC" in text
+    assert "did you mean 'AFE_CellVoltages'" in text
+    assert f"{wrong}:8: messages[1].signals[0].name: cell 0: no signal 'CellTemp_0'" in text
+    # foxBMS's DBC has 216 cell voltages (mux 0-53) and 180 temperatures (mux 0-29)
+    with pytest.raises(
+        MappingError, match=r"foxbms_afe.yaml:\d+: .*cell 180: no signal 'CellTemperature_180'"
+    ):
+        bind(load_mapping("foxbms"), fox_db, range(200))
+    with pytest.raises(MappingError, match=r"cell 216: no signal 'CellVoltage_216'"):
+        bind(load_mapping("foxbms"), fox_db, range(220))
+
+
+def test_cli_refuses_an_overloaded_bus_and_a_bad_log_before_starting(
+    scenario: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    channel = f"t-{uuid.uuid4().hex}"
+    base = ["can-bridge", "--interface", "virtual", "--channel", channel, "--dbc", str(FOX_DBC)]
+    base += ["--mapping", "foxbms", "--scenario", str(scenario), "--until", "1"]
+    assert main([*base, "--bitrate", "5000", "--overload", "refuse"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1
+    assert "4050 bit/s worst case, 81.0 % of the bus: does NOT fit (limit 70 %)" in errors[0]
+    assert "refused" in errors[0]
+    assert main([*base, "--log", "/nonexistent-dir/run.blf"]) == 2
+    assert "--log /nonexistent-dir/run.blf" in capsys.readouterr().err
+    assert main([*base, "--log", "run.txt"]) == 2
+    assert ".log, .asc, .blf" in capsys.readouterr().err
