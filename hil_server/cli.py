@@ -23,7 +23,7 @@ import structlog
 
 import protocol as p
 
-from . import __version__
+from . import __version__, can_cli, convert_cli
 from ._cli_util import StatusLine, add_event_loop_arg, add_listen_args, read_secret
 from ._logging import configure_logging
 from ._loop import run as run_loop
@@ -203,13 +203,13 @@ def _model_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .eis_data import DataNotFoundError, EisDataError, load_all, read_generic_csv
+    from .eis_data import DataNotFoundError, EisDataError, load_all
     from .model.train import TrainConfig, train
 
     try:
         spectra = load_all(args.data, simulated=args.simulated)
         for extra in args.extra:
-            spectra = spectra + read_generic_csv(extra)
+            spectra = spectra + convert_cli.read_spectra_arg(extra, args)
     except (DataNotFoundError, EisDataError) as exc:
         log.error("cannot read training data", error=str(exc))
         return 2
@@ -324,7 +324,7 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .eis_data import EisDataError, SpectrumSet, read_generic_csv
+    from .eis_data import EisDataError, SpectrumSet
     from .model.calibrate import fit_latent, predict
     from .model.dataset import nrmse, to_arrays
     from .model.profiles import Profile, save_calibrated
@@ -333,7 +333,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     try:
         model, meta = load_keras_model(_model_dir(args))
         index = meta.profile_index(args.profile)
-        spectra = read_generic_csv(args.spectra)
+        spectra = convert_cli.read_spectra_arg(args.spectra, args)
     except (ModelLoadError, EisDataError, OSError) as exc:
         log.error("calibrate", error=str(exc))
         return 2
@@ -496,12 +496,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=1200)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--data", help="data directory (default: $EIS_HIL_DATA or ../shared/data)")
-    train.add_argument("--extra", nargs="*", default=[], help="extra spectra in the generic CSV format")
+    train.add_argument(
+        "--extra", nargs="*", default=[], help="extra spectra: generic CSV or instrument files"
+    )
     train.add_argument(
         "--simulated",
         action="store_true",
         help="add the PyBaMM-simulated LG M50 source (profile lgm50_pybamm)",
     )
+    convert_cli.add_point_arguments(train)
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="accuracy on validation cells and validity, PINN vs plain MLP")
@@ -529,8 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="fit a profile for one physical cell from its measured spectra")
     model_arg(cal)
     cal.add_argument("--profile", required=True, help="built-in profile the cell belongs to")
-    cal.add_argument("--spectra", required=True, help="measured spectra in the generic CSV format")
+    cal.add_argument("--spectra", required=True, help="measured spectra: generic CSV or an instrument file")
     cal.add_argument("--name", required=True, help="name of the new profile")
+    convert_cli.add_point_arguments(cal)
     cal.set_defaults(func=cmd_calibrate)
 
     exp = sub.add_parser("export-tflite", help="write the PINN (physics layer included) as a .tflite model")
@@ -556,7 +560,11 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("files", nargs="+", metavar="FILE")
     val.set_defaults(func=cmd_validate)
 
-    from . import can_cli
+    conv = sub.add_parser(
+        "convert", help="potentiostat files (Gamry, BioLogic, ...) to the generic CSV and back"
+    )
+    convert_cli.add_arguments(conv)
+    conv.set_defaults(func=convert_cli.run)
 
     canb = sub.add_parser("can-bridge", help="send cell states as CAN frames defined by a DBC (python-can)")
     can_cli.add_arguments(canb)
