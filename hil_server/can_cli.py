@@ -116,6 +116,17 @@ def _load_dbc(path: str) -> Any:
         raise CanBridgeError(f"--dbc {path}: not a CAN database cantools reads: {exc}") from None
 
 
+def _fault_signals(server: Any) -> dict[int, str]:
+    """fault_id -> measured signal of the scenario's measurement faults (the engine numbers the scenario's
+    faults from 1 in file order); empty for a server we did not start."""
+    if server is None:
+        return {}
+    faults = server.engine.scenario.faults
+    return {
+        i + 1: str(f.params.get("signal", "impedance")) for i, f in enumerate(faults) if 0x20 <= f.kind < 0x40
+    }
+
+
 async def _main(args: argparse.Namespace) -> int:
     import can
 
@@ -155,7 +166,8 @@ async def _main(args: argparse.Namespace) -> int:
             host, port = args.server
         try:
             client = await HilClient.connect(host, port, name=args.name, secret=secret)
-            n = await client.subscribe(p.SubscribeMask.CELL_STATES, tuple(args.cells or ()))
+            mask = p.SubscribeMask.CELL_STATES | p.SubscribeMask.FAULT_EVENT
+            n = await client.subscribe(mask, tuple(args.cells or ()))
         except (ClientError, OSError, TimeoutError) as exc:
             raise CanBridgeError(f"cannot stream from the server at {host}:{port}: {exc}") from exc
         cells = list(args.cells) if args.cells else list(range(n))
@@ -190,7 +202,7 @@ async def _main(args: argparse.Namespace) -> int:
             bus = open_bus(args.interface, args.channel, args.bitrate, args.data_bitrate, fd)
         except ValueError as exc:
             raise CanBridgeError(str(exc)) from None
-        encoder = CanEncoder(plans, cells, budget.decimation, args.channel)
+        encoder = CanEncoder(plans, cells, budget.decimation, args.channel, _fault_signals(server))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -26,7 +26,7 @@ MF = p.CellFlags.MEASUREMENT_FAULT
 
 SCENARIO = """\
 name: can_faults
-description: 6 cells on US06 with a stuck temperature sensor, NaN voltage readings and a voltage offset
+description: 6 cells on US06, a stuck temperature sensor, NaN and offset voltages, noisy impedance
 seed: 3
 step_rate_hz: 10
 eis:
@@ -45,7 +45,10 @@ faults:
   - {kind: frozen, start_s: 2, duration_s: 3, cells: [1], signal: temperature}
   - {kind: nan, start_s: 4, duration_s: 2, cells: [4], signal: voltage, probability: 0.5}
   - {kind: offset, start_s: 1, duration_s: 1, cells: [5], signal: voltage, offset_v: 0.015}
+  - {kind: noise, start_s: 3, duration_s: 4, cells: [2], signal: impedance, snr_db: 30}
 """
+AFFECTED = {"voltage": {4, 5}, "temperature": {1}}
+"""Which cells' readings of each quantity the scenario's measurement faults distort."""
 UNTIL_S = 8.0
 
 
@@ -109,6 +112,7 @@ def test_frames_decoded_with_foxbms_dbc_match_the_tcp_stream_with_faults(
     )
     seen: dict[tuple[int, str], int] = {}
     flagged = {"voltage": 0, "temperature": 0}
+    impedance_only = 0
     for msg in logged:
         t_us = round(msg.timestamp * 1e6)
         ref = reference[t_us]  # every frame belongs to a step the TCP stream carried
@@ -127,14 +131,18 @@ def test_frames_decoded_with_foxbms_dbc_match_the_tcp_stream_with_faults(
             r = ref.records[rec[index]]
             expect = r["voltage_uV"] / 1000 if kind == "voltage" else r["temperature_mdegC"] / 1000
             assert abs(value - expect) <= 0.5 + 1e-9, (t_us, kind, index, value, expect)  # 1 mV, 1 degC
-            assert flag == int(bool(r["flags"] & MF)), (t_us, kind, index)  # set bit = invalid (firmware)
+            # the stream's bit is per cell; the flag is per signal: set bit = invalid (foxBMS firmware)
+            expect_flag = int(bool(r["flags"] & MF) and index in AFFECTED[kind])
+            assert flag == expect_flag, (t_us, kind, index)
             flagged[kind] += flag
+            impedance_only += int(bool(r["flags"] & MF) and index == 2)
             seen[(t_us, kind)] = seen.get((t_us, kind), 0) + 1
     # every step of the stream, every cell, both quantities (period 100 ms = the step)
     assert set(seen) == {(t, k) for t in reference for k in ("voltage", "temperature")}
     assert set(seen.values()) == {6}
-    # cell 1 frozen 3 s, cell 4 NaN 2 s, cell 5 offset 1 s, at 10 Hz: 60 steps x cell flagged per quantity
-    assert flagged == {"voltage": 60, "temperature": 60}
+    # at 10 Hz: cell 1 temperature frozen 3 s; cell 4 voltage NaN 2 s + cell 5 offset 1 s
+    assert flagged == {"voltage": 30, "temperature": 30}
+    assert impedance_only == 2 * 40  # cell 2's bit was set 4 s, its voltage and temperature stayed valid
 
 
 @pytest.mark.parametrize("suffix", [".asc", ".blf"])
@@ -172,7 +180,7 @@ def test_worst_case_frame_bits_and_foxbms_budget(fox_db: Any) -> None:
         plan_bus(plans, 100_000, decimate=False)
 
 
-def _states(step: int, n: int, voltage_uV: int = 3_700_000, flags: int = 0) -> p.CellStates:
+def _states(step: int, n: int, voltage_uV: int = 3_700_000, flags: int | list[int] = 0) -> p.CellStates:
     return p.CellStates.from_columns(
         step * 100_000,
         0,
@@ -270,3 +278,26 @@ def test_cli_refuses_an_overloaded_bus_and_a_bad_log_before_starting(
     assert "--log /nonexistent-dir/run.blf" in capsys.readouterr().err
     assert main([*base, "--log", "run.txt"]) == 2
     assert ".log, .asc, .blf" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("signals", "expect"),
+    [({1: "temperature"}, (0, 1)), ({1: "impedance"}, (0, 0)), ({}, (1, 1))],  # {}: --server, signal unknown
+)
+def test_invalid_flag_follows_the_faults_signal(
+    fox_db: Any, signals: dict[int, str], expect: tuple[int, int]
+) -> None:
+    plans = bind(load_mapping("foxbms"), fox_db, range(4))
+    enc = CanEncoder(plans, range(4), fault_signals=signals)
+    assert enc.update(_states(1, 4))
+    assert not enc.needs_events()
+    assert len(enc.due()) == 2
+    assert enc.update(_states(2, 4, flags=[0, int(MF), 0, 0]))
+    assert enc.needs_events()  # cell 1's bit turned on: wait for the FAULT_EVENT that follows
+    enc.event(
+        p.FaultEvent(200_000, 1, 1_000_000, p.FaultKind.FROZEN, p.FaultPhase.START, np.array([1], np.uint16))
+    )
+    volts, temps = (fox_db.decode_message(m.arbitration_id, m.data, decode_choices=False) for m in enc.due())
+    assert (volts["CellVoltage_001_invalidFlag"], temps["CellTemperature_001_invalidFlag"]) == expect
+    assert volts["CellVoltage_000_invalidFlag"] == 0
+    assert temps["CellTemperature_004_invalidFlag"] == 1  # no such cell in the stream
