@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -301,3 +304,40 @@ def test_invalid_flag_follows_the_faults_signal(
     assert (volts["CellVoltage_001_invalidFlag"], temps["CellTemperature_001_invalidFlag"]) == expect
     assert volts["CellVoltage_000_invalidFlag"] == 0
     assert temps["CellTemperature_004_invalidFlag"] == 1  # no such cell in the stream
+
+
+def test_sigint_leaves_a_readable_log_and_no_process(tmp_path: Path, scenario: Path) -> None:
+    log_file = tmp_path / "run.blf"
+    argv = [
+        str(ROOT / ".venv" / "bin" / "eis-hil"),
+        "can-bridge",
+        "--interface",
+        "virtual",
+        "--channel",
+        "sig",
+    ]
+    argv += [
+        "--dbc",
+        str(FOX_DBC),
+        "--mapping",
+        "foxbms",
+        "--scenario",
+        str(scenario),
+        "--log",
+        str(log_file),
+    ]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # wait for the bridge to run (an event, not a delay)
+            if "Ctrl-C stops" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        proc.stderr.read()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    frames = list(can.LogReader(log_file))  # a complete BLF file, however many frames it holds
+    assert all(m.arbitration_id in (0x270, 0x280) for m in frames)
