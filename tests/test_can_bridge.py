@@ -309,7 +309,9 @@ def test_invalid_flag_follows_the_faults_signal(
 def test_sigint_leaves_a_readable_log_and_no_process(tmp_path: Path, scenario: Path) -> None:
     log_file = tmp_path / "run.blf"
     argv = [
-        str(ROOT / ".venv" / "bin" / "eis-hil"),
+        sys.executable,
+        "-m",
+        "hil_server.cli",
         "can-bridge",
         "--interface",
         "virtual",
