@@ -181,6 +181,8 @@ def test_worst_case_frame_bits_and_foxbms_budget(fox_db: Any) -> None:
     assert "does NOT fit" in slow.describe()
     with pytest.raises(BudgetError, match="refused"):
         plan_bus(plans, 100_000, decimate=False)
+    paced = plan_bus(plans, 500_000, speed=0)  # speed 0 on a real bus: the speed that fills 70 %
+    assert paced.bus_speed == pytest.approx(0.7 * 500_000 / 90_450)
 
 
 def _states(step: int, n: int, voltage_uV: int = 3_700_000, flags: int | list[int] = 0) -> p.CellStates:
@@ -343,3 +345,56 @@ def test_sigint_leaves_a_readable_log_and_no_process(tmp_path: Path, scenario: P
             proc.wait()
     frames = list(can.LogReader(log_file))  # a complete BLF file, however many frames it holds
     assert all(m.arbitration_id in (0x270, 0x280) for m in frames)
+
+
+FD_DBC = """VERSION ""
+NS_ :
+BS_:
+BU_: BMS
+BO_ 1024 PackCells: 64 Vector__XXX
+ SG_ Cell_00_mV : 0|16@1+ (1,0) [0|65535] "mV" Vector__XXX
+ SG_ Cell_01_mV : 16|16@1+ (1,0) [0|65535] "mV" Vector__XXX
+ SG_ Cell_00_T : 32|8@1- (0.5,0) [-64|63.5] "degC" Vector__XXX
+ SG_ Cell_01_T : 40|8@1- (0.5,0) [-64|63.5] "degC" Vector__XXX
+ SG_ Cell_00_Bad : 48|1@1+ (1,0) [0|1] "" Vector__XXX
+ SG_ Cell_01_Bad : 49|1@1+ (1,0) [0|1] "" Vector__XXX
+BA_DEF_ BO_ "VFrameFormat" ENUM {formats};
+BA_DEF_DEF_ "VFrameFormat" "StandardCAN";
+BA_ "VFrameFormat" BO_ 1024 14;
+""".format(
+    formats=",".join(f'"{n}"' for n in ["StandardCAN", "ExtendedCAN", *["reserved"] * 12, "StandardCAN_FD"])
+)
+FD_MAPPING = """messages:
+  - message: PackCells
+    period_ms: 200
+    signals:
+      - {field: voltage, name: "Cell_{index:02d}_mV", invalid_flag: "Cell_{index:02d}_Bad"}
+      - {field: temperature, name: "Cell_{index:02d}_T"}
+"""
+
+
+def test_can_fd_message_of_another_dbc_with_two_fields_and_a_period(tmp_path: Path, scenario: Path) -> None:
+    dbc, mapping = tmp_path / "pack.dbc", tmp_path / "pack.yaml"
+    dbc.write_text(FD_DBC)
+    mapping.write_text(FD_MAPPING)
+    reference = _tcp_states(scenario)
+    db: Any = cantools.database.load_file(dbc)
+    channel = f"t-{uuid.uuid4().hex}"
+    argv = ["can-bridge", "--interface", "virtual", "--channel", channel, "--dbc", str(dbc)]
+    argv += ["--mapping", str(mapping), "--scenario", str(scenario), "--speed", "0", "--until", str(UNTIL_S)]
+    argv += ["--cells", "0", "1", "--data-bitrate", "2000000", "--log", str(tmp_path / "fd.log")]
+    with can.Bus(interface="virtual", channel=channel) as rx:
+        assert main(argv) == 0
+        live = _drain(rx)
+    logged = list(can.LogReader(tmp_path / "fd.log"))
+    assert len(live) == len(logged) == 40  # 8 s at one frame per 200 ms
+    assert all(m.is_fd and len(m.data) == 64 for m in live)
+    for msg in logged:
+        ref = reference[round(msg.timestamp * 1e6)]
+        dec = db.decode_message(msg.arbitration_id, msg.data, decode_choices=False)
+        for cell in (0, 1):
+            rec = ref.records[cell]
+            assert abs(dec[f"Cell_{cell:02d}_mV"] - rec["voltage_uV"] / 1000) <= 0.5 + 1e-9
+            assert abs(dec[f"Cell_{cell:02d}_T"] - rec["temperature_mdegC"] / 1000) <= 0.25 + 1e-9
+            assert dec[f"Cell_{cell:02d}_Bad"] == 0  # cells 0 and 1 have no measurement fault
+    assert [round(m.timestamp * 10) for m in logged] == list(range(1, 80, 2))  # every other 100 ms step
