@@ -132,7 +132,7 @@ async def _main(args: argparse.Namespace) -> int:
 
     from .client import ClientError, HilClient
     from .serial_bridge import BridgeError, _start_scenario
-    from .transport.can.bridge import CanEncoder, open_bus, run_bridge
+    from .transport.can.bridge import CanEncoder, log_channel, open_bus, run_bridge
     from .transport.can.budget import BudgetError, plan_bus
     from .transport.can.mapping import MappingError, bind, load_mapping
 
@@ -155,6 +155,7 @@ async def _main(args: argparse.Namespace) -> int:
     server = None
     bus = None
     client = None
+    ran = False
     try:
         if args.scenario:
             try:
@@ -202,7 +203,8 @@ async def _main(args: argparse.Namespace) -> int:
             bus = open_bus(args.interface, args.channel, args.bitrate, args.data_bitrate, fd)
         except ValueError as exc:
             raise CanBridgeError(str(exc)) from None
-        encoder = CanEncoder(plans, cells, budget.decimation, args.channel, _fault_signals(server))
+        channel = log_channel(args.channel)
+        encoder = CanEncoder(plans, cells, budget.decimation, channel, _fault_signals(server))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -211,6 +213,7 @@ async def _main(args: argparse.Namespace) -> int:
             f"eis-hil can-bridge: {host}:{port} -> {args.interface} {args.channel or ''} "
             f"({len(cells)} cells, {', '.join(plan.name for plan in plans)}); send only, Ctrl-C stops\n"
         )
+        ran = True
         result = await run_bridge(
             client,
             bus,
@@ -234,3 +237,5 @@ async def _main(args: argparse.Namespace) -> int:
             bus.shutdown()
         if writer is not None:
             writer.stop()
+            if not ran:  # refused before anything was sent: leave no empty log behind
+                Path(args.log).unlink(missing_ok=True)

@@ -150,7 +150,7 @@ def test_frames_decoded_with_foxbms_dbc_match_the_tcp_stream_with_faults(
 
 @pytest.mark.parametrize("suffix", [".asc", ".blf"])
 def test_log_formats_replay_what_was_sent(tmp_path: Path, scenario: Path, suffix: str) -> None:
-    channel = f"t-{uuid.uuid4().hex}"
+    channel = f"t-{uuid.uuid4().hex}-99999999"  # BLF numbers channels in a u16: this one is not kept
     log_file = tmp_path / f"run{suffix}"
     with can.Bus(interface="virtual", channel=channel) as rx:
         assert _bridge(scenario, channel, "--log", str(log_file)) == 0
@@ -274,7 +274,9 @@ def test_cli_refuses_an_overloaded_bus_and_a_bad_log_before_starting(
     channel = f"t-{uuid.uuid4().hex}"
     base = ["can-bridge", "--interface", "virtual", "--channel", channel, "--dbc", str(FOX_DBC)]
     base += ["--mapping", "foxbms", "--scenario", str(scenario), "--until", "1"]
-    assert main([*base, "--bitrate", "5000", "--overload", "refuse"]) == 2
+    log_file = scenario.parent / "refused.blf"
+    assert main([*base, "--bitrate", "5000", "--overload", "refuse", "--log", str(log_file)]) == 2
+    assert not log_file.exists()  # refused before anything was sent: no empty log left
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1
     assert "4050 bit/s worst case, 81.0 % of the bus: does NOT fit (limit 70 %)" in errors[0]

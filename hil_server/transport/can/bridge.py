@@ -265,6 +265,13 @@ async def run_bridge(
         stopper.cancel()
 
 
+def log_channel(channel: str | None) -> str | None:
+    """The channel to stamp on frames for the log: a name whose trailing number a BLF file cannot hold
+    (u16, e.g. a virtual channel named after a uuid) is left out rather than failing the writer."""
+    number = can.util.channel2int(channel)
+    return channel if number is None or 0 <= number < 0xFFFF else None
+
+
 def open_bus(interface: str, channel: str | None, bitrate: int, data_bitrate: int | None, fd: bool) -> Any:
     """A python-can bus; raises ValueError with one line on any failure to open it."""
     kwargs: dict[str, Any] = {"interface": interface, "bitrate": bitrate}

@@ -32,7 +32,7 @@ import yaml
 
 import protocol as p
 from hil_server.scenario._errors import Issue, sort_key
-from hil_server.scenario._reader import Range, Reader, line_of
+from hil_server.scenario._reader import Range, Reader, line_of, suggest
 from hil_server.scenario._yaml import RefusedError, compose, read_limited
 
 MAPPINGS_DIR = Path(__file__).resolve().parent / "mappings"
@@ -273,8 +273,6 @@ def bind(spec: MappingSpec, db: Any, stream_cells: Sequence[int]) -> list[Messag
             message = db.get_message_by_name(ms.message)
         except KeyError:
             names = sorted(str(m.name) for m in db.messages)
-            from hil_server.scenario._reader import suggest
-
             errors.append(
                 Issue(
                     spec.file,
