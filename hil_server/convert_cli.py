@@ -29,7 +29,7 @@ def add_point_arguments(parser: argparse.ArgumentParser) -> None:
         "operating point of instrument files (over a sidecar <file>.yaml; our generic CSV has its own)"
     )
     group.add_argument("--soc", type=_fraction, help="state of charge, 0..1")
-    group.add_argument("--temp-c", type=float, help="cell temperature in degC")
+    group.add_argument("--temp-c", type=_celsius, help="cell temperature in degC")
     group.add_argument("--soh", type=_fraction, help="state of health, 0..1")
     group.add_argument("--cell-id", help="cell name (default: the file name)")
 
@@ -51,6 +51,16 @@ def read_spectra_arg(path: str, args: argparse.Namespace) -> SpectrumSet:
     from .eis_data import read_spectra_file
 
     return read_spectra_file(path, point=point_from_args(args))
+
+
+def _celsius(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not -100.0 <= value <= 150.0:
+        raise argparse.ArgumentTypeError(f"{text}: expected degrees Celsius in -100..150 (Kelvin?)")
+    return value
 
 
 def _fraction(text: str) -> float:

@@ -234,3 +234,15 @@ def test_calibrate_from_an_impedance_csv_with_the_operating_point_as_options(
     assert main([*argv, *point]) == 0
     assert (tmp_path / "profiles" / "lab-cell.json").is_file()
     assert "lab-cell" in capsys.readouterr().out
+
+
+def test_operating_point_options_out_of_range_are_refused_before_reading(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    src = str(FILES / "exampleDataGamry.DTA")
+    with pytest.raises(SystemExit):
+        main(["convert", src, str(tmp_path / "o.csv"), "--temp-c", "298"])
+    assert "expected degrees Celsius in -100..150 (Kelvin?)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["convert", src, str(tmp_path / "o.csv"), "--soc", "50"])
+    assert "percent? give a fraction" in capsys.readouterr().err
