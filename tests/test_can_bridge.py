@@ -400,3 +400,27 @@ def test_can_fd_message_of_another_dbc_with_two_fields_and_a_period(tmp_path: Pa
             assert abs(dec[f"Cell_{cell:02d}_T"] - rec["temperature_mdegC"] / 1000) <= 0.25 + 1e-9
             assert dec[f"Cell_{cell:02d}_Bad"] == 0  # cells 0 and 1 have no measurement fault
     assert [round(m.timestamp * 10) for m in logged] == list(range(1, 80, 2))  # every other 100 ms step
+
+
+def test_mapping_cells_ranges_and_offset_choose_signals_and_mux_frames(tmp_path: Path, fox_db: Any) -> None:
+    path = tmp_path / "part.yaml"
+    path.write_text(
+        "messages:\n"
+        "  - message: AFE_CellVoltages\n"
+        "    period_ms: 100\n"
+        "    cells: [0-1, 3]\n"
+        "    index_offset: 8\n"  # stream cells 0, 1, 3 -> foxBMS voltages 8, 9, 11: mux 2
+        "    signals: [{field: voltage, name: 'CellVoltage_{index:03d}'}]\n"
+    )
+    (plan,) = bind(load_mapping(path), fox_db, range(6))
+    (frame,) = plan.frames
+    assert frame.mux_value == 2
+    assert [(s.cell, s.signal, s.scale) for s in frame.slots] == [
+        (0, "CellVoltage_008", 1000.0),
+        (1, "CellVoltage_009", 1000.0),
+        (3, "CellVoltage_011", 1000.0),
+    ]
+    assert frame.fill["CellVoltage_010"] == 0
+    path.write_text(path.read_text().replace("[0-1, 3]", "[0-1, 9]"))
+    with pytest.raises(MappingError, match=r"part.yaml:2: messages\[0\].cells: the stream has no cell 9"):
+        bind(load_mapping(path), fox_db, range(6))
