@@ -40,7 +40,7 @@ from ._simulated import (
     read_pybamm_chen2020,
     read_simulated_metadata,
 )
-from ._split import split_by_cell
+from ._split import split_by_cell, temperature_strata
 from ._zhang import PairingCheck, ZhangReadReport, read_capacity, read_zhang2020, verify_zhang_pairing
 
 __all__ = [
@@ -88,6 +88,7 @@ __all__ = [
     "read_zhang2020",
     "save_npz",
     "split_by_cell",
+    "temperature_strata",
     "verify_zhang_pairing",
     "write_generic_csv",
     "write_training_set",

@@ -20,6 +20,18 @@ def _pick(cells: list[str], n: int, seed: int, key: str) -> list[str]:
     return [cells[int(i)] for i in rng.choice(len(cells), size=n, replace=False)]
 
 
+def temperature_strata(spectra: SpectrumSet, source: str) -> dict[tuple[float, ...], list[str]]:
+    """The cells of ``source`` grouped by the set of temperatures each was measured at."""
+    of_source = spectra.filter(source=source)
+    temps: dict[str, set[float]] = defaultdict(set)
+    for s in of_source:
+        temps[s.cell_id].add(s.temp_c)
+    strata: dict[tuple[float, ...], list[str]] = defaultdict(list)
+    for cell in of_source.cells():
+        strata[tuple(sorted(temps[cell]))].append(cell)
+    return strata
+
+
 def split_by_cell(spectra: SpectrumSet, val_fraction: float, seed: int) -> tuple[SpectrumSet, SpectrumSet]:
     """(train, validation): each cell entirely on one side, stratified per source.
 
@@ -34,12 +46,7 @@ def split_by_cell(spectra: SpectrumSet, val_fraction: float, seed: int) -> tuple
     val_cells: set[str] = set()
     for source in spectra.sources():
         of_source = spectra.filter(source=source)
-        temps: dict[str, set[float]] = defaultdict(set)
-        for s in of_source:
-            temps[s.cell_id].add(s.temp_c)
-        strata: dict[tuple[float, ...], list[str]] = defaultdict(list)
-        for cell in of_source.cells():
-            strata[tuple(sorted(temps[cell]))].append(cell)
+        strata = temperature_strata(spectra, source)
         picked: list[str] = []
         for key, cells in sorted(strata.items()):
             if len(cells) >= 2:

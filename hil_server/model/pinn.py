@@ -11,10 +11,14 @@
         R0, R1, R2, R_W, tau1   * exp(Ea/R_gas * (1/T - 1/T_ref)),  Ea = softplus(learned) per profile  >= 0
     CircuitLayer: parameters -> (Re Z, Im Z) at the requested frequencies.
 
-A cell is its profile's typical cell plus constant log-offsets of its circuit parameters (``offset(cell)``,
-zero for the typical cell): manufacturing spread in contact resistance or electrode area shifts parameters
-for the whole life of a cell, so calibrating the offsets on one spectrum carries over to the rest of its life.
-(A latent vector fed into the MLP fitted one spectrum equally well but moved the whole aging trajectory.)
+A cell is its profile's typical cell plus constant log-offsets of its circuit parameters (``offset(cell)``):
+manufacturing spread in contact resistance or electrode area shifts parameters for the whole life of a cell,
+so calibrating the offsets on one spectrum carries over to the rest of its life. (A latent vector fed into
+the MLP fitted one spectrum equally well but moved the whole aging trajectory.) The typical cell (index 0)
+is offset 0 exactly: its row of the offset table is masked out, so "this profile's typical cell" has one
+definition everywhere (the stream, ``eis-hil spectrum``, calibration's starting point, evaluation, TFLite),
+and training keeps the training cells' offsets centred and uncorrelated with their SOH (train.py), so that
+offset 0 is the population's centre at every SOH rather than one more cell.
 
 Temperature enters twice: through the Arrhenius factors, and as a network input so that the data can show
 effects Arrhenius alone cannot (the SOC dependence changing with temperature). With two or three measured
@@ -91,7 +95,12 @@ class ParamNet(keras.layers.Layer):  # type: ignore[misc]
 
     def raw(self, profile: Any, cell: Any, soc: Any, soh: Any, temp_c: Any, latent: Any | None = None) -> Any:
         onehot = ops.one_hot(ops.cast(profile, "int32"), self.n_profiles)
-        offset = self.latent(ops.cast(cell, "int32")) if latent is None else latent
+        if latent is None:
+            cell = ops.cast(cell, "int32")
+            # Row 0 (the typical cell) never contributes, so it stays at its zero initial value.
+            offset = self.latent(cell) * ops.cast(cell > 0, self.compute_dtype)[:, None]
+        else:
+            offset = latent
         t = (temp_c[:, None] - 25.0) / 20.0
         x = ops.concatenate([onehot, soc[:, None], soh[:, None], t], axis=-1)
         bias = ops.take(self.bias, ops.cast(profile, "int32"), axis=0)

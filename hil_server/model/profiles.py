@@ -1,5 +1,10 @@
 """Cell profiles: the model's built-in ones (one per data source) and calibrated ones made by
-``eis-hil calibrate`` (a built-in profile plus the latent vector of one physical cell).
+``eis-hil calibrate`` (a built-in profile plus the log-offsets, and optionally the aging rate, of one
+physical cell).
+
+``cell_latent`` is the one definition of what a profile adds to the network's output at an operating point:
+zero for a built-in profile (its typical cell), ``offset + rate * (1 - SOH)`` for a calibrated one. The
+stream (sim.source.PinnCircuitSource), ``eis-hil spectrum``, calibration and evaluation all go through it.
 
 Calibrated profiles are JSON files in the profiles directory: ``$EIS_HIL_PROFILES`` or
 ``~/.local/share/eis-hil/profiles``.
@@ -13,6 +18,10 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
+from .circuit import N_PARAMS
 from .store import ModelLoadError, ModelMetadata
 
 ENV_VAR = "EIS_HIL_PROFILES"
@@ -25,9 +34,29 @@ class Profile:
     base: str
     """The built-in profile whose network branch it uses."""
     latent: tuple[float, ...] | None
-    """None for a built-in profile (its typical cell)."""
+    """Log-offsets of the circuit parameters; None for a built-in profile (its typical cell: offset 0)."""
     model_sha256: str | None = None
     source_file: str | None = None
+    aging: tuple[float, ...] | None = None
+    """Aging rate (log-change per unit of SOH lost, beyond the typical cell's), when the calibration's spectra
+    spanned enough SOH to show it; None: the cell ages like the typical cell."""
+
+    def latents(self, soh: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """(n, N_PARAMS) what this profile adds to the network's raw output at each SOH."""
+        return cell_latent(self.latent, self.aging, soh)
+
+
+def cell_latent(
+    offset: npt.ArrayLike | None, rate: npt.ArrayLike | None, soh: npt.ArrayLike
+) -> npt.NDArray[np.float64]:
+    """(n, N_PARAMS): ``offset + rate * (1 - soh)``; zeros for the typical cell (offset None)."""
+    soh_arr = np.atleast_1d(np.asarray(soh, np.float64))
+    out = np.zeros((soh_arr.size, N_PARAMS))
+    if offset is not None:
+        out += np.asarray(offset, np.float64)
+    if rate is not None:
+        out += np.asarray(rate, np.float64) * (1.0 - soh_arr)[:, None]
+    return out
 
 
 def profiles_dir() -> Path:
@@ -62,6 +91,7 @@ def _read(path: Path) -> Profile:
             tuple(float(x) for x in raw["latent"]),
             raw.get("model_sha256"),
             raw.get("source_file"),
+            tuple(float(x) for x in raw["aging"]) if raw.get("aging") is not None else None,
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"{path}: not a calibrated profile ({exc})") from None

@@ -415,9 +415,10 @@ class NumpyPinn:
         self._one = self.dtype.type(1.0)
         self._kelvin = self.dtype.type(KELVIN)
         self._inv_t_ref = self.dtype.type(1.0 / T_REF_K)
-        # The typical cell's row of the offset table starts at zero and, with the training's cell dropout,
-        # normally stays there: skip the add then.
-        self._typical = self._w.offsets[0] if self._w.offsets[0].any() else None
+        # The typical cell (index 0) is offset 0 by definition (pinn.ParamNet masks its row of the table):
+        # its stored row is ignored, so models trained before that rule give the same answer here as in Keras.
+        self._w.offsets[0] = 0
+        self._pw.offsets[0] = [0.0] * self.latent_dim
         self._grids: dict[bytes, _Grid] = {}
 
     @classmethod
@@ -566,7 +567,7 @@ class NumpyPinn:
         raw: list[float] = np.dot(h, pw.w3[prof]).tolist()
         if latent is not None:
             raw = [r + o for r, o in zip(raw, latent, strict=True)]
-        elif cell or self._typical is not None:
+        elif cell:
             raw = [r + o for r, o in zip(raw, pw.offsets[cell], strict=True)]
         # 1/T - 1/T_ref with Keras's float32 rounding (a float32 model's Arrhenius factors carry it)
         if self._f32:
@@ -673,10 +674,8 @@ class NumpyPinn:
             raw_t += lat
         elif cell is not None:
             cells = self._check_index(cell, self._n_cells + 1, "cell")
-            if not isinstance(cells, int) or cells or self._typical is not None:
+            if not isinstance(cells, int) or cells:
                 raw_t += w.offsets[cells]
-        elif self._typical is not None:
-            raw_t += self._typical
         raw = raw_t.astype(np.float64)
         # 1/T - 1/T_ref with the float32 rounding of Keras's graph when the runtime is float32
         inv_t = (self._one / (ops[:, 1:2] + self._kelvin) - self._inv_t_ref).astype(np.float64)

@@ -155,7 +155,9 @@ def build_engine(
     meta = read_metadata(model_dir)
     runtime = NumpyPinn.load(model_dir)
     profile = resolve(scenario.cells.profile, meta)
-    latents = {profile.name: (profile.base, profile.latent)} if profile.latent is not None else None
+    latents = (
+        {profile.name: (profile.base, profile.latent, profile.aging)} if profile.latent is not None else None
+    )
     ranges = {
         name: OperatingRange(tuple(r["soc"]), tuple(r["temp_c"]), tuple(r["soh"]))  # type: ignore[arg-type]
         for name, r in meta.input_ranges.items()

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hil_server.model.circuit import N_PARAMS, P
+from hil_server.model.profiles import cell_latent
 
 from .profiles import PROFILES, CellProfile, OperatingRange
 
@@ -90,34 +91,54 @@ class PinnModel(Protocol):
     def params(self, profile_idx: int, op: npt.ArrayLike, latent: npt.ArrayLike | None = None) -> F64: ...
 
 
+_CalibratedEntry = tuple[str, Sequence[float], Sequence[float] | None]
+"""(base profile, log-offsets, aging rate or None)."""
+
+
 class PinnCircuitSource:
     """Adapts a PINN runtime: ``op`` rows are ``[soc, temp_c, soh]``. ``latents`` maps calibrated profile
-    names to (base profile, latent vector); ``input_ranges`` comes from the model metadata if known."""
+    names to (base profile, log-offsets) or (base profile, log-offsets, aging rate); what they add at each
+    SOH is ``model.profiles.cell_latent``, the definition ``eis-hil spectrum`` uses too. A built-in profile
+    is its typical cell (offset 0). ``input_ranges`` comes from the model metadata if known."""
 
     def __init__(
         self,
         model: PinnModel,
         *,
         input_ranges: Mapping[str, OperatingRange] | None = None,
-        latents: Mapping[str, tuple[str, Sequence[float]]] | None = None,
+        latents: Mapping[
+            str, tuple[str, Sequence[float]] | tuple[str, Sequence[float], Sequence[float] | None]
+        ]
+        | None = None,
     ) -> None:
         self._model = model
         self._ranges = dict(input_ranges or {})
-        self._latents = dict(latents or {})
+        self._latents: dict[str, tuple[str, F64, F64 | None]] = {}
+        for name, entry in (latents or {}).items():
+            rate = entry[2] if len(entry) > 2 else None
+            self._latents[name] = (
+                entry[0],
+                np.asarray(entry[1], dtype=np.float64),
+                None if rate is None else np.asarray(rate, dtype=np.float64),
+            )
 
-    def _resolve(self, profile: str) -> tuple[int, F64 | None, str]:
-        base, latent = profile, None
+    def _resolve(self, profile: str) -> tuple[int, tuple[F64, F64 | None] | None, str]:
+        base, cell = profile, None
         if profile in self._latents:
-            base, vector = self._latents[profile]
-            latent = np.asarray(vector, dtype=np.float64)
+            base, offset, rate = self._latents[profile]
+            cell = (offset, rate)
         names = list(self._model.profiles)
         if base not in names:
             raise ValueError(f"unknown profile {profile!r} (the model knows: {', '.join(names)})")
-        return names.index(base), latent, base
+        return names.index(base), cell, base
 
     def params(self, profile: str, soc: F64, temp_c: F64, soh: F64) -> F64:
-        idx, latent, _ = self._resolve(profile)
+        idx, cell, _ = self._resolve(profile)
         op = np.column_stack([soc, temp_c, soh])
+        latent: F64 | None = None
+        if cell is not None:
+            offset, rate = cell
+            latent = offset if rate is None else cell_latent(offset, rate, op[:, 2])
         out = np.asarray(self._model.params(idx, op, latent), dtype=np.float64)
         if out.shape != (op.shape[0], N_PARAMS):
             raise ValueError(f"PINN returned shape {out.shape}, expected {(op.shape[0], N_PARAMS)}")
