@@ -17,48 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .client import HilClient
-from .model.store import BUNDLED_MODEL_DIR
-from .server import HilServer, ServerConfig, identity_for
-from .sim.run import build_engine
-from .sources import EngineSource
-
-
-async def start_server(
-    scenario: str | Path,
-    *,
-    model_dir: Path = BUNDLED_MODEL_DIR,
-    seed: int | None = None,
-    record: str | Path | None = None,
-    **config: Any,
-) -> HilServer:
-    """A started server on ``scenario``; ``config``: ServerConfig fields (default: ephemeral port, speed 0).
-    ``record``: also write the whole stream to this capture file."""
-    engine, sc, meta = build_engine(Path(scenario), model_dir, seed)
-    cfg = dataclasses.replace(ServerConfig(port=0, speed=0.0), **config)
-    identity = identity_for(Path(scenario), sc.name, meta.model_sha256, "eis-pinn")
-    source = EngineSource(engine, identity, __version__)
-    recorder = None
-    if record is not None:
-        from .capture import CaptureWriter, hello_meta
-
-        info = hello_meta(source.hello(), recorder="eis-hil serve --record", scenario_path=str(scenario))
-        recorder = CaptureWriter(record, info)
-    server = HilServer(source, config=cfg, recorder=recorder)
-    try:
-        await server.start()
-    except BaseException:  # e.g. the port is taken: no half-made capture left to block the next try
-        if recorder is not None:
-            recorder.close()
-            recorder.path.unlink(missing_ok=True)
-        raise
-    return server
+from hil_server.app import start_server
+from hil_server.client.client import HilClient
+from hil_server.transport.loopback import connect
+from hil_server.transport.tcp import HilServer
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -78,12 +44,22 @@ async def loopback(
     *,
     name: str = "loopback-client",
     secret: bytes | None = None,
+    pipe: bool = False,
     **config: Any,
 ) -> AsyncIterator[tuple[HilServer, HilClient]]:
+    """A started server and a client connected to it (handshake done). ``pipe``: through an in-process
+    pipe (``transport.loopback``) instead of a loopback TCP socket; the server's session is the same."""
     server = await start_server(scenario, secret=secret, **config)
-    client = await HilClient.connect("127.0.0.1", server.port, name=name, secret=secret)
+    if pipe:
+        reader, writer = await connect(server)
+        client = await HilClient.over(reader, writer, name=name, secret=secret)
+    else:
+        client = await HilClient.connect("127.0.0.1", server.port, name=name, secret=secret)
     try:
         yield server, client
     finally:
         await client.close()
         await server.stop()
+
+
+__all__ = ["loopback", "start_server", "until"]

@@ -5,7 +5,7 @@ is the normative specification.
 """
 
 from ._auth import auth_response, new_challenge, verify_response
-from ._codec import decode_payload, encode_frame, encode_payload, frame_payload
+from ._codec import decode_payload, encode_frame, encode_payload, fixed_payload_size, frame_payload
 from ._constants import (
     ALL_CELLS,
     AUTH_CHALLENGE_SIZE,
@@ -31,9 +31,10 @@ from ._constants import (
     SubscribeMask,
 )
 from ._crc import crc16_ccitt_false, crc32c
-from ._decoder import NEED_DATA, DecoderStats, Frame, FrameDecoder, NeedData
+from ._decoder import NEED_DATA, Frame, FrameDecoder, NeedData
 from ._encoder import FrameEncoder
 from ._errors import DecodeErrorKind, LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._framing import DecoderStats, FrameSplitter
 from ._messages import (
     CELL_STATE_DTYPE,
     MESSAGE_CLASSES,
@@ -52,6 +53,7 @@ from ._messages import (
     ServerHello,
     Subscribe,
 )
+from ._session import DEVICE_TRANSITIONS, SERVER_TRANSITIONS, SessionState, negotiate_version
 
 __all__ = [
     "ALL_CELLS",
@@ -59,6 +61,7 @@ __all__ = [
     "AUTH_RESPONSE_SIZE",
     "CELL_STATE_DTYPE",
     "CRC_SIZE",
+    "DEVICE_TRANSITIONS",
     "HASH_SIZE",
     "HEADER_SIZE",
     "MAX_FRAME_SIZE",
@@ -68,6 +71,7 @@ __all__ = [
     "NEED_DATA",
     "PROTOCOL_MINOR",
     "PROTOCOL_VERSION",
+    "SERVER_TRANSITIONS",
     "SYNC",
     "Ack",
     "Bye",
@@ -90,6 +94,7 @@ __all__ = [
     "FrameDecoder",
     "FrameEncoder",
     "FrameFlags",
+    "FrameSplitter",
     "Heartbeat",
     "LocalProtocolError",
     "Message",
@@ -99,6 +104,7 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "ServerHello",
+    "SessionState",
     "SimState",
     "Subscribe",
     "SubscribeMask",
@@ -108,7 +114,9 @@ __all__ = [
     "decode_payload",
     "encode_frame",
     "encode_payload",
+    "fixed_payload_size",
     "frame_payload",
+    "negotiate_version",
     "new_challenge",
     "verify_response",
 ]

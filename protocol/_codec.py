@@ -227,6 +227,12 @@ if PAYLOADS[MsgType.CELL_STATES].subcons[-1].subcon.dtype != CELL_STATE_DTYPE:
     raise TypeError("CELL_STATE_DTYPE differs from the CELL_STATE_RECORD declaration")
 
 
+def fixed_payload_size(msg_type: int) -> int:
+    """Bytes of a payload with its arrays empty and its strings zero-length (SPEC.md section 4): what a frame
+    of this type costs before its variable part."""
+    return CODECS[MsgType(msg_type)].min_size
+
+
 def encode_payload(msg: Message) -> bytes:
     return CODECS[msg.MSG_TYPE].encode(msg)
 

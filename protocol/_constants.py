@@ -14,7 +14,6 @@ PROTOCOL_MINOR = 0
 
 HEADER_SIZE = 14
 CRC_SIZE = 4
-OVERHEAD = HEADER_SIZE + CRC_SIZE
 MAX_PAYLOAD_SIZE = 4096
 """Largest payload a conforming receiver must accept; a larger length field is rejected without buffering."""
 MAX_FRAME_SIZE = HEADER_SIZE + MAX_PAYLOAD_SIZE + CRC_SIZE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,34 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The numpy runtime caches extracted weights; tests must not write into the user's ~/.cache.
 os.environ.setdefault("EIS_HIL_CACHE_DIR", tempfile.mkdtemp(prefix="eis-hil-test-cache-"))
+
+
+@pytest.fixture(autouse=True)
+def _no_server_left_running(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fails a test that starts a ``HilServer`` and does not stop it, or whose stopped server still holds a
+    session (python-can's ``check_unclosed_virtual_channel``): a leak here is a leak for users too."""
+    from hil_server.transport.tcp import HilServer
+
+    running: list[HilServer] = []
+    stopped: list[HilServer] = []
+    start, stop = HilServer.start, HilServer.stop
+
+    async def counted_start(self: HilServer) -> None:
+        await start(self)
+        running.append(self)
+
+    async def counted_stop(self: HilServer, reason: str = "server shutting down") -> None:
+        await stop(self, reason)
+        if self in running:
+            running.remove(self)
+            stopped.append(self)
+
+    monkeypatch.setattr(HilServer, "start", counted_start)
+    monkeypatch.setattr(HilServer, "stop", counted_stop)
+    yield
+    assert not running, f"the test left {len(running)} server(s) running: stop them (await server.stop())"
+    open_sessions = sum(len(s.sessions) for s in stopped)
+    assert not open_sessions, f"{open_sessions} session(s) still open after their server stopped"
 
 
 @pytest.fixture(autouse=True)

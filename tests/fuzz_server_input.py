@@ -7,7 +7,7 @@ The server runs in this process (``hil_server.testing.start_server``, on loopbac
 coverage of the server's decoder, handshake, subscription and control code. Each input is one connection:
 its first byte picks how far the harness takes the session before the hostile bytes (none, CLIENT_HELLO,
 CLIENT_HELLO and SUBSCRIBE); the rest is written as it is. The server's public interfaces are the only
-contact (a TCP socket and ``HilServer``'s ``sessions`` and ``rx_bad``), because ``server.py`` is being
+contact (a TCP socket and ``HilServer``'s ``sessions`` and ``rx_bad``), because ``transport/tcp.py`` is being
 refactored; a loopback connection costs about a millisecond per input.
 
 Invariants checked for every input:
@@ -27,13 +27,15 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":
+    # Run as a script, this file's folder comes first on sys.path, where tests/protocol/ (the protocol's
+    # tests) would shadow the protocol package: the repository root goes first instead.
+    sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
     # Coverage-guided: atheris instruments the server's modules as they are first imported, so they must be
     # imported here, before anything else pulls them in uninstrumented.
     import atheris
 
     with atheris.instrument_imports(include=["protocol", "hil_server"]):
-        import hil_server.client
-        import hil_server.server
+        import hil_server.client.client
         import hil_server.testing  # noqa: F401
         import protocol  # noqa: F401
 
@@ -133,7 +135,7 @@ class Harness:
         self._check_loop()
 
     async def _alive(self) -> None:
-        from hil_server.client import HilClient
+        from hil_server.client.client import HilClient
 
         c = p.ControlCommand
         fixer = await HilClient.connect("127.0.0.1", self.server.port, name="liveness-fixer")
@@ -296,7 +298,7 @@ def main(argv: list[str]) -> None:
     import atheris
     import structlog
 
-    from hil_server._logging import configure_logging
+    from hil_server.cli._logging import configure_logging
 
     configure_logging(level="error")  # a warning per bad input would drown libFuzzer's output
     harness = Harness()

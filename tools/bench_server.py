@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 import protocol as p
-from hil_server._logging import configure_logging
-from hil_server.client import HilClient
+from hil_server.cli._logging import configure_logging
+from hil_server.client.client import HilClient
 from hil_server.testing import start_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +60,7 @@ class Counter(asyncio.Protocol):
 
 def _capture(path: Path, frames: int = 20_000) -> Path:
     """A capture of ``frames`` one-cell CELL_STATES, one every 100 µs, for the replay throughput."""
-    from hil_server.capture import CaptureWriter, hello_meta
+    from hil_server.capture.format import CaptureWriter, hello_meta
 
     enc = p.FrameEncoder()
     hello = p.ServerHello(cell_count=1, step_period_us=100, scenario_id="bench", freq_hz=np.ones(1))
@@ -90,8 +90,8 @@ async def _server_throughput(n_clients: int, seconds: float, capture: Path | Non
     if capture is None:
         server = await start_server(US06, **config)
     else:
-        from hil_server.replay import ReplaySource
-        from hil_server.server import HilServer, ServerConfig
+        from hil_server.stream.replay_source import ReplaySource
+        from hil_server.transport.tcp import HilServer, ServerConfig
 
         server = HilServer(ReplaySource(capture, loop=0), config=ServerConfig(port=0, **config))
         await server.start()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hil_server.mock_bms import main
+from hil_server.cli.client import main
 
 if __name__ == "__main__":
     sys.exit(main())

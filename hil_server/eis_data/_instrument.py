@@ -243,36 +243,64 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     return file.with_name(file.name + ".yaml")
 
 
+SIDECAR_BYTES = 64 * 1024
+_SIDECAR_BOUNDS = {"soc": (0.0, 1.0), "temp_c": (-100.0, 150.0), "soh": (0.0, 1.0)}
+
+
 def read_sidecar(path: str | os.PathLike[str]) -> OperatingPoint:
-    """The operating point in ``<file>.yaml`` beside an instrument file (empty if there is none)."""
+    """The operating point in ``<file>.yaml`` beside an instrument file (empty if there is none): a flat
+    mapping of ``soc``, ``temp_c``, ``soh`` (numbers) and ``cell_id``. Composed, not loaded (no alias
+    expansion), size-bounded; EisDataError naming the sidecar, the line and the key."""
     side = sidecar_path(path)
     if not side.is_file():
         return OperatingPoint()
     import yaml
 
-    from hil_server.scenario._reader import Range, Reader
-    from hil_server.scenario._yaml import RefusedError, compose, read_limited
-
     where = str(side)
     try:
-        root, loader = compose(read_limited(side, 64 * 1024))
-    except (OSError, RefusedError, yaml.YAMLError) as exc:
-        line = getattr(exc, "line", None)
+        with side.open("rb") as fh:
+            data = fh.read(SIDECAR_BYTES + 1)
+        if len(data) > SIDECAR_BYTES:
+            raise EisDataError(f"larger than {SIDECAR_BYTES} bytes: not an operating point", path=where)
+        loader = yaml.SafeLoader(data.decode("utf-8-sig"))
+        try:
+            root = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError) as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = line if line is not None else (None if mark is None else mark.line + 1)
+        line = None if mark is None else mark.line + 1
         raise EisDataError(f"cannot read the operating point: {exc}", path=where, line=line) from None
-    r = Reader(where, loader)
     if root is None:
         return OperatingPoint()
-    m = r.mapping(root, "", ("soc", "temp_c", "soh", "cell_id")) or {}
-    soc = r.number(m["soc"], "soc", Range(0, 1)) if "soc" in m else None
-    temp = r.number(m["temp_c"], "temp_c", Range(-100, 150)) if "temp_c" in m else None
-    soh = r.number(m["soh"], "soh", Range(0, 1)) if "soh" in m else None
-    cell = r.string(m["cell_id"], "cell_id") if "cell_id" in m else None
-    if r.errors:
-        first = r.errors[0]
-        raise EisDataError(f"{first.path}: {first.message}", path=where, line=first.line)
-    return OperatingPoint(soc, temp, soh, cell)
+    if not isinstance(root, yaml.MappingNode):
+        raise EisDataError(
+            "expected a mapping (soc: 0.5, temp_c: 25, soh: 1.0)", path=where, line=root.start_mark.line + 1
+        )
+    numbers: dict[str, float] = {}
+    cell: str | None = None
+    for key_node, node in root.value:
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+        line = node.start_mark.line + 1
+        scalar = isinstance(node, yaml.ScalarNode)
+        value = loader.construct_object(node) if scalar else None
+        if key == "cell_id":
+            if not isinstance(value, str | int) or isinstance(value, bool):
+                raise EisDataError("cell_id: expected a string", path=where, line=line)
+            cell = str(value)
+        elif key in _SIDECAR_BOUNDS:
+            lo, hi = _SIDECAR_BOUNDS[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+                got = f", got {node.value}" if scalar else ""
+                raise EisDataError(
+                    f"{key}: expected a number in [{lo:g}, {hi:g}]{got}", path=where, line=line
+                )
+            numbers[key] = float(value)
+        else:
+            raise EisDataError(
+                f"unknown key {key!r}: expected soc, temp_c, soh, cell_id", path=where, line=line
+            )
+    return OperatingPoint(numbers.get("soc"), numbers.get("temp_c"), numbers.get("soh"), cell)
 
 
 def label(

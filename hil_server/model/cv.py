@@ -29,7 +29,7 @@ import structlog
 
 from ..eis_data import Spectrum, SpectrumSet, temperature_strata
 from .calibrate import fit_cell, predict
-from .dataset import Arrays, nrmse, to_arrays
+from .dataset import Arrays, every_nth_cycle, nrmse, to_arrays
 
 log = structlog.get_logger(__name__)
 
@@ -138,10 +138,14 @@ def cross_validate(
     profiles = spectra.profiles()
     results: list[CellResult] = []
     for f, held in enumerate(folds):
-        train_set = spectra.filter(lambda s, held=set(held): s.cell_id not in held)  # type: ignore[misc]
+        # all three models see the same training spectra (the PINN's cycle stride applied once here)
+        train_set = every_nth_cycle(
+            spectra.filter(lambda s, held=set(held): s.cell_id not in held),  # type: ignore[misc]
+            config.cycle_stride,
+        )
         if progress:
             progress(f"fold {f + 1}/{k}: training on {len(train_set.cells())} cells, holding out {len(held)}")
-        fitted = fit(train_set, profiles, config)
+        fitted = fit(train_set, profiles, dataclasses.replace(config, cycle_stride=1))
         if save_dir is not None:
             save_dir.mkdir(parents=True, exist_ok=True)
             fitted.model.save(save_dir / f"fold{f}.keras")

@@ -42,6 +42,23 @@ class Arrays:
         )
 
 
+def every_nth_cycle(spectra: SpectrumSet, n: int) -> SpectrumSet:
+    """Every n-th spectrum of each cell in cycle order, per state of charge; cells without cycle numbers
+    whole. zhang2020 measured every second cycle of a cell, so neighbours are near copies."""
+    if n <= 1:
+        return spectra
+    keep: set[int] = set()
+    for cell in spectra.cells():
+        of_cell = list(spectra.filter(cells=[cell]))
+        if any(s.cycle is None for s in of_cell):
+            keep.update(id(s) for s in of_cell)
+            continue
+        for soc in sorted({s.soc for s in of_cell}):
+            ordered = sorted((s for s in of_cell if s.soc == soc), key=lambda s: s.cycle or 0)
+            keep.update(id(s) for s in ordered[::n])
+    return spectra.filter(lambda s: id(s) in keep)
+
+
 def to_arrays(spectra: SpectrumSet, profiles: list[str], cells: dict[str, int]) -> Arrays:
     n = len(spectra)
     width = max((s.n_points for s in spectra), default=0)

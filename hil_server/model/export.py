@@ -154,8 +154,10 @@ def grid_inputs(meta: ModelMetadata, freq_hz: npt.NDArray[np.float32]) -> Inputs
 
 
 def validation_spectra(meta: ModelMetadata, limit: int = VALIDATION_LIMIT) -> list[Any] | None:
-    """Measured spectra of the model's validation cells (metadata.json), or None without the data."""
-    cells = set(meta.raw.get("validation_cells", []))
+    """Measured spectra of the model's validation cells (metadata.json), or None without the data. A model
+    trained on every cell (selected by grouped CV, as the bundled one) has none: then the measured spectra of
+    its training cells, where the variants' loss against the measurements still reads against the model's."""
+    cells = set(meta.raw.get("validation_cells", [])) or set(meta.cells)
     if not cells:
         return None
     try:
@@ -418,6 +420,7 @@ def export_tflite(
         "check_points": f"{n_check} random over the whole input range, every cell",
         "grid_points": f"{len(grid['op'])} on a grid over each profile's trained input range, typical cell",
         "validation_spectra": len(spectra) if spectra is not None else "not available (no measured data)",
+        "validation_cells": "held-out cells" if meta.raw.get("validation_cells") else "training cells",
         "variants": variants,
     }
     if spectra is not None:
@@ -447,7 +450,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"wrote {report['path']} ({report['written_variant']}, {report['size_bytes']} bytes, "
         f"{report['n_freq']} frequencies {report['freq_hz_range'][0]:g}..{report['freq_hz_range'][1]:g} Hz)",
         f"parity: {report['check_points']}; NRMSE vs Keras: {report['grid_points']}; "
-        f"validation spectra: {report['validation_spectra']}",
+        f"validation spectra: {report['validation_spectra']} ({report['validation_cells']})",
     ]
     keras = report.get("keras_nrmse_vs_measured_validation")
     sources = list(keras) if keras else []

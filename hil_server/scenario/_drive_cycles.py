@@ -1,4 +1,4 @@
-"""Drive-cycle CSV profiles: the bundled ones (package data in ``hil_server/drive_cycles/``) and users' files.
+"""Drive-cycle CSV profiles: the bundled ones (package data in ``scenario/drive_cycles/``) and users' files.
 
 A profile file has comment lines starting with ``#``, then rows ``time_s,value``; time strictly increasing and
 every value finite. Values are A (current) or W (power); the bundled WLTC file is in kW and converted here.
@@ -14,7 +14,7 @@ import numpy as np
 
 from ._model import DriveCycle, DriveSignal
 
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "drive_cycles"
+BUNDLED_DIR = Path(__file__).resolve().parent / "drive_cycles"
 MAX_CSV_BYTES = 16 << 20
 MAX_ROWS = 1_000_000
 
@@ -88,8 +88,3 @@ def load_drive_cycle(path: Path, name: str, signal: DriveSignal, to_si: float = 
     time_s.setflags(write=False)
     value.setflags(write=False)
     return DriveCycle(name=name, source=path, signal=signal, time_s=time_s, value=value)
-
-
-def load_bundled(name: str) -> DriveCycle:
-    spec = BUNDLED[name]
-    return load_drive_cycle(BUNDLED_DIR / spec.file, name, spec.signal, spec.to_si)

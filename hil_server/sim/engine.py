@@ -316,10 +316,6 @@ class Engine:
 
     # ---------------------------------------------------------------------------------------- public
     @property
-    def step_count(self) -> int:
-        return self._k
-
-    @property
     def time_s(self) -> float:
         return self._k * self.dt_s
 

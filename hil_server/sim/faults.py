@@ -15,7 +15,6 @@ I64 = npt.NDArray[np.int64]
 C128 = npt.NDArray[np.complex128]
 Bool = npt.NDArray[np.bool_]
 
-PHYSICS_KINDS = frozenset(k for k in FaultKind if k < 0x20)
 MEASUREMENT_KINDS = frozenset(k for k in FaultKind if 0x20 <= k < 0x40)
 
 

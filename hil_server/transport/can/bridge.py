@@ -34,7 +34,7 @@ import protocol as p
 from .mapping import FIELDS, MessagePlan, Slot
 
 if TYPE_CHECKING:
-    from hil_server.client import HilClient
+    from hil_server.client.client import HilClient
 
 log = structlog.get_logger(__name__)
 
@@ -208,7 +208,7 @@ async def run_bridge(
     status_every_steps: int = 600,
 ) -> BridgeResult:
     """Forward until ``until_us`` of simulated time, ``stop`` set, or the upstream closes (code 1)."""
-    from hil_server.client import ClientError
+    from hil_server.client.client import ClientError
 
     stop = stop or asyncio.Event()
     stopper = asyncio.create_task(stop.wait())

@@ -1,0 +1,464 @@
+"""Session captures: an append-only, versioned file of protocol frames with their times (``CAPTURE.md``).
+
+    with CaptureWriter("session.eiscap", meta) as cap:      # meta: JSON object, e.g. hello_meta(hello)
+        cap.write(frame_bytes, direction=DIR_RX)              # one whole protocol frame, as on the wire
+    capture = open_capture("session.eiscap")                 # header checked: magic, major version, CRCs
+    for record in iter_records(capture):                     # streams; stops at a torn or corrupt tail
+        ...
+    capture.truncated_bytes                                  # bytes after the last complete record
+
+Layout (little-endian; ``CAPTURE.md`` beside this file is normative)::
+
+    file    = header meta meta_crc record*
+    header  = magic[8] major:u16 minor:u16 flags:u32 meta_len:u32 header_crc:u32      (24 bytes)
+    record  = length:u32 kind:u8 direction:u8 reserved:u16 t_us:u64 data[length] crc:u32
+
+Every record carries its own CRC-32C, so a write cut short by a crash is detected, never misparsed. Each
+``write()`` hands the whole record to the OS in one ``os.write`` before it returns: a killed process
+(``kill -9``, a crash) loses no record whose ``write()`` returned. What an OS crash or power loss can lose is
+bounded by ``sync_interval_s`` (fsync) and by ``flush()``/``close()``.
+
+This module imports only the standard library and ``crc32c``: no numpy, no protocol package, so a writer
+in a small subprocess or a replay tool starts fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import json
+import os
+import struct
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import crc32c as _crc32c
+import structlog
+
+log = structlog.get_logger(__name__)
+
+MAGIC = b"\x89EHC\r\n\x1a\n"
+"""8 bytes. 0x89 catches 7-bit transfers, CR LF catches newline translation, 0x1A stops DOS ``type``."""
+FORMAT_MAJOR = 1
+FORMAT_MINOR = 0
+MAX_META_BYTES = 1 << 20
+"""Upper bound of the JSON metadata: a corrupt length never makes a reader allocate more."""
+
+HEADER = struct.Struct("<8sHHII")
+"""magic, major, minor, flags, meta_len: the 20 bytes the header CRC covers."""
+_U32 = struct.Struct("<I")
+RECORD_HEADER = struct.Struct("<IBBHQ")
+"""length, kind, direction, reserved, t_us: 16 bytes, then ``length`` data bytes, then the CRC-32C."""
+RECORD_OVERHEAD = RECORD_HEADER.size + _U32.size
+
+KIND_FRAME = 1
+"""The only record kind of format 1.0: ``data`` is one complete protocol frame."""
+DIR_RX = 0
+"""Frame received by the recorder (server->client direction when a client records)."""
+DIR_TX = 1
+"""Frame sent by the recorder (a server recording its own stream writes DIR_TX)."""
+
+PROTOCOL_SYNC = b"\xe1\x5a"
+"""protocol.SYNC, repeated here so that this module does not import numpy (a test checks they agree)."""
+FRAME_OVERHEAD = 18
+"""Protocol frame header (14) + frame CRC (4)."""
+MAX_RECORD_DATA = FRAME_OVERHEAD + 0xFFFF
+"""The longest frame the protocol envelope can express (u16 payload_len): any protocol version fits."""
+
+
+class CaptureError(Exception):
+    """A capture cannot be written or read: names the file, the offset and what was wrong."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Record:
+    t_us: int
+    """Microseconds since the capture start, on the recorder's monotonic clock."""
+    direction: int
+    """DIR_RX or DIR_TX."""
+    frame: bytes
+    """One complete protocol frame (header, payload, CRC) exactly as it was on the wire."""
+
+
+def _crc(data: bytes | bytearray | memoryview, value: int = 0) -> int:
+    return int(_crc32c.crc32c(data, value))
+
+
+def _header_bytes(meta: Mapping[str, Any], path: Path) -> bytes:
+    try:
+        meta_json = json.dumps(dict(meta), ensure_ascii=False, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CaptureError(f"{path}: metadata is not a JSON object: {exc}") from exc
+    meta_bytes = meta_json.encode("utf-8")
+    if len(meta_bytes) > MAX_META_BYTES:
+        raise CaptureError(f"{path}: metadata is {len(meta_bytes)} bytes, at most {MAX_META_BYTES} allowed")
+    head = HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, 0, len(meta_bytes))
+    return head + _U32.pack(_crc(head)) + meta_bytes + _U32.pack(_crc(meta_bytes))
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the new file's name durable too (best effort: not every platform can open a directory)."""
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class CaptureWriter:
+    """Appends frames to a new capture file. Not thread-safe: one writer per file, one thread.
+
+    ``clock`` (seconds, monotonic) gives the default ``t_us`` of a record, relative to the moment the
+    writer was created, and paces ``sync_interval_s``. ``sync_interval_s``: fsync at the first write at
+    least that long after the previous fsync (None: only on ``flush()`` and ``close()``). An existing file
+    is refused unless ``overwrite``.
+
+    After an OS error (disk full, EIO) the file is cut back to its last complete record, the writer is
+    closed and every later call raises ``CaptureError``: what was written before stays readable.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        meta: Mapping[str, Any],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sync_interval_s: float | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.records = 0
+        """Records written (and handed to the OS) so far."""
+        self.bytes_written = 0
+        """Size of the file so far: header, metadata and every complete record."""
+        self._clock = clock
+        self._t0 = clock()
+        self._sync_interval_s = sync_interval_s
+        self._last_sync = self._t0
+        self._failed: str | None = None
+        header = _header_bytes(meta, self.path)
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+        try:
+            self._fd: int | None = os.open(self.path, flags | getattr(os, "O_BINARY", 0), 0o644)
+        except FileExistsError:
+            raise CaptureError(f"{self.path}: file exists; refusing to overwrite a capture") from None
+        except OSError as exc:
+            raise CaptureError(f"{self.path}: cannot create capture: {exc.strerror} ({exc})") from exc
+        try:
+            self._append(header, what="the header")
+            os.fsync(self._fd)
+        except (CaptureError, OSError) as exc:
+            # Nothing recorded yet: leave no file that every reader would reject.
+            self._abandon()
+            self.path.unlink(missing_ok=True)
+            if isinstance(exc, CaptureError):
+                raise
+            raise CaptureError(f"{self.path}: cannot write the header: {exc}") from exc
+        _fsync_dir(self.path)
+
+    # -- public API ----------------------------------------------------------------------------------
+
+    def write(
+        self, frame: bytes | bytearray | memoryview, *, direction: int = DIR_RX, t_us: int | None = None
+    ) -> None:
+        """Append one protocol frame. On return the record is in the OS: a process crash cannot lose it."""
+        fd = self._check_open()
+        data = bytes(frame)
+        self._check_frame(data)
+        if direction not in (DIR_RX, DIR_TX):
+            raise ValueError(f"direction must be DIR_RX (0) or DIR_TX (1), got {direction}")
+        now = self._clock()
+        if t_us is None:
+            t_us = round((now - self._t0) * 1e6)
+        if not 0 <= t_us < 1 << 64:
+            raise ValueError(f"t_us must be in 0..2**64-1 (microseconds since the capture start), got {t_us}")
+        head = RECORD_HEADER.pack(len(data), KIND_FRAME, direction, 0, t_us)
+        crc = _crc(data, _crc(head))
+        self._append(head + data + _U32.pack(crc), what=f"record {self.records}")
+        self.records += 1
+        if self._sync_interval_s is not None and now - self._last_sync >= self._sync_interval_s:
+            self._sync(fd, now)
+
+    def flush(self) -> None:
+        """Make every record written so far durable (fsync): it survives an OS crash or power loss."""
+        self._sync(self._check_open(), self._clock())
+
+    def close(self) -> None:
+        """fsync and close; idempotent. Raises CaptureError if the final fsync fails (records stay)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise CaptureError(f"{self.path}: fsync at close failed: {exc}") from exc
+        finally:
+            os.close(fd)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def __enter__(self) -> CaptureWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------------------
+
+    def _check_open(self) -> int:
+        if self._fd is None:
+            reason = f" after an error: {self._failed}" if self._failed else ""
+            raise CaptureError(f"{self.path}: capture writer is closed{reason}")
+        return self._fd
+
+    def _check_frame(self, data: bytes) -> None:
+        if len(data) < FRAME_OVERHEAD or data[:2] != PROTOCOL_SYNC:
+            raise ValueError(
+                f"not a protocol frame: {len(data)} bytes starting {data[:2].hex()} "
+                f"(expected at least {FRAME_OVERHEAD} bytes starting e15a)"
+            )
+        payload_len = int.from_bytes(data[6:8], "little")
+        if len(data) != FRAME_OVERHEAD + payload_len:
+            raise ValueError(
+                f"not one whole protocol frame: {len(data)} bytes, but its header announces "
+                f"{FRAME_OVERHEAD + payload_len} ({payload_len} payload bytes)"
+            )
+
+    def _append(self, data: bytes, *, what: str) -> None:
+        """One record (or the header) in as few ``os.write`` calls as the OS allows. On an error the file is
+        cut back to the last complete record, so a reader never even sees a torn tail from it."""
+        fd = self._check_open()
+        view = memoryview(data)
+        start = self.bytes_written
+        try:
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        except OSError as exc:
+            detail = f"{exc.strerror or exc} (errno {errno.errorcode.get(exc.errno or 0, exc.errno)})"
+            message = f"{self.path}: cannot write {what} at offset {start}: {detail}"
+            try:
+                os.ftruncate(fd, start)
+                os.lseek(fd, start, os.SEEK_SET)
+            except OSError as trunc_exc:
+                message += f"; cutting the torn record off failed too ({trunc_exc}): readers will skip it"
+            self._failed = message
+            self._abandon()
+            log.error("capture write failed", path=str(self.path), offset=start, error=detail)
+            raise CaptureError(message + f"; the {self.records} records written before are intact") from exc
+        self.bytes_written = start + len(data)
+
+    def _sync(self, fd: int, now: float) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            self._failed = f"fsync failed: {exc}"
+            self._abandon()
+            raise CaptureError(f"{self.path}: fsync failed: {exc}") from exc
+        self._last_sync = now
+
+    def _abandon(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+@dataclasses.dataclass
+class Capture:
+    """An opened capture: header fields. ``iter_records`` fills in what it finds at the end."""
+
+    path: Path
+    version: int
+    """Format major version (the only one a reader must understand)."""
+    meta: dict[str, Any]
+    truncated_bytes: int = 0
+    """Bytes after the last complete record (set by ``iter_records``; 0 for a cleanly ended file)."""
+    minor: int = 0
+    data_offset: int = 0
+    """Offset of the first record."""
+    stop_reason: str | None = None
+    """Why the last ``iter_records`` stopped before the end of the file (None: it reached the end)."""
+    records_read: int = 0
+    """Complete records the last ``iter_records`` returned (record kinds it skipped included)."""
+
+
+def _describe_start(head: bytes) -> str:
+    if head[:2] == PROTOCOL_SYNC:
+        return " (it starts with a protocol sync word: a raw byte stream? use `eis-hil decode`)"
+    if not head:
+        return " (the file is empty)"
+    return f" (it starts with {head[:8].hex(' ')})"
+
+
+def open_capture(path: str | Path) -> Capture:
+    """Read and check the header. Raises CaptureError: not a capture, unknown major version, a header cut
+    off or corrupt, metadata that is not a JSON object."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            head = f.read(HEADER.size + _U32.size)
+            if len(head) < len(MAGIC) and head and MAGIC.startswith(head):
+                raise CaptureError(f"{path}: capture header cut off at {len(head)} bytes (needs 24)")
+            if head[: len(MAGIC)] != MAGIC:
+                raise CaptureError(
+                    f"{path}: not an eis-hil capture: expected magic {MAGIC.hex(' ')}{_describe_start(head)}"
+                )
+            if len(head) < 10:
+                raise CaptureError(f"{path}: capture header cut off at {len(head)} bytes (needs 24)")
+            major = int.from_bytes(head[8:10], "little")
+            if major != FORMAT_MAJOR:
+                raise CaptureError(
+                    f"{path}: capture format version {major}.x is not supported: this eis-hil reads "
+                    f"version {FORMAT_MAJOR}.x (a newer eis-hil wrote it? upgrade)"
+                )
+            if len(head) < HEADER.size + _U32.size:
+                raise CaptureError(
+                    f"{path}: capture header cut off at {len(head)} bytes (needs 24): the writer stopped "
+                    f"before anything was recorded"
+                )
+            _, _, minor, _flags, meta_len = HEADER.unpack_from(head)
+            (stored,) = _U32.unpack_from(head, HEADER.size)
+            if _crc(head[: HEADER.size]) != stored:
+                raise CaptureError(f"{path}: capture header corrupt (header CRC mismatch at offset 20)")
+            if meta_len > MAX_META_BYTES:
+                raise CaptureError(f"{path}: metadata length {meta_len} exceeds {MAX_META_BYTES}")
+            meta_bytes = f.read(meta_len)
+            meta_crc = f.read(_U32.size)
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot read capture: {exc}") from exc
+    offset = HEADER.size + _U32.size
+    if len(meta_bytes) < meta_len or len(meta_crc) < _U32.size:
+        raise CaptureError(
+            f"{path}: capture metadata cut off at offset {offset + len(meta_bytes) + len(meta_crc)} "
+            f"(needs {meta_len} bytes + CRC): the writer stopped before anything was recorded"
+        )
+    if _crc(meta_bytes) != _U32.unpack(meta_crc)[0]:
+        raise CaptureError(f"{path}: capture metadata corrupt (CRC mismatch at offset {offset + meta_len})")
+    try:
+        meta = json.loads(meta_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CaptureError(f"{path}: capture metadata at offset {offset} is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise CaptureError(f"{path}: capture metadata is {type(meta).__name__}, expected a JSON object")
+    return Capture(path, major, meta, 0, minor, offset + meta_len + _U32.size)
+
+
+def iter_records(capture: Capture) -> Iterator[Record]:
+    """The complete records in file order. At a torn or corrupt record it stops (no resync: see
+    CAPTURE.md), logs a warning and sets ``capture.truncated_bytes`` and ``capture.stop_reason``."""
+    capture.truncated_bytes = 0
+    capture.stop_reason = None
+    capture.records_read = 0
+    path = capture.path
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot read capture: {exc}") from exc
+    with f:
+        offset = capture.data_offset
+        f.seek(offset)
+        while True:
+            head = f.read(RECORD_HEADER.size)
+            if not head:
+                return
+            reason: str | None = None
+            if len(head) < RECORD_HEADER.size:
+                reason = f"record header cut off ({len(head)} of {RECORD_HEADER.size} bytes): a torn write"
+            else:
+                length, kind, direction, _reserved, t_us = RECORD_HEADER.unpack(head)
+                if length > MAX_RECORD_DATA:
+                    reason = f"record length {length} exceeds {MAX_RECORD_DATA}: corrupt record header"
+                else:
+                    body = f.read(length + _U32.size)
+                    if len(body) < length + _U32.size:
+                        reason = (
+                            f"record cut off ({RECORD_HEADER.size + len(body)} of "
+                            f"{RECORD_OVERHEAD + length} bytes): a torn write"
+                        )
+                    else:
+                        data = body[:length]
+                        (stored,) = _U32.unpack_from(body, length)
+                        computed = _crc(data, _crc(head))
+                        if computed != stored:
+                            reason = (
+                                f"record CRC mismatch (stored 0x{stored:08x}, computed 0x{computed:08x}): "
+                                f"corrupt or torn record"
+                            )
+                        else:
+                            capture.records_read += 1
+                            offset += RECORD_OVERHEAD + length
+                            if kind == KIND_FRAME:  # other kinds: a later minor version's, intact, skipped
+                                yield Record(t_us, direction, data)
+                            continue
+            size = os.fstat(f.fileno()).st_size
+            capture.truncated_bytes = size - offset
+            capture.stop_reason = f"{path}: offset {offset}: {reason}; {size - offset} bytes not read"
+            log.warning(
+                "capture ends early",
+                path=str(path),
+                offset=offset,
+                truncated_bytes=capture.truncated_bytes,
+                records=capture.records_read,
+                reason=reason,
+            )
+            return
+
+
+def hello_meta(hello: Any, *, start_unix_us: int | None = None, **extra: Any) -> dict[str, Any]:
+    """The recommended metadata of a capture (CAPTURE.md section 4) from a ``protocol.ServerHello``, plus
+    ``extra`` keys (server address, recorder, subscription...). ``start_unix_us``: the wall-clock time of
+    ``t_us`` = 0 (default: now). Tool version and start time are added."""
+    from hil_server import __version__
+
+    now_us = time.time_ns() // 1000 if start_unix_us is None else start_unix_us
+    meta: dict[str, Any] = {
+        "tool_version": __version__,
+        "start_unix_us": now_us,
+        "start_wall_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now_us / 1e6))
+        + f".{now_us % 1_000_000:06d}Z",
+        "scenario_id": hello.scenario_id,
+        "scenario_hash": bytes(hello.scenario_hash).hex(),
+        "model_id": hello.model_id,
+        "model_hash": bytes(hello.model_hash).hex(),
+        "server_version": hello.server_version,
+        "seed": int(hello.seed),
+        "cell_count": int(hello.cell_count),
+        "step_period_us": int(hello.step_period_us),
+        "freq_hz": [float(f) for f in hello.freq_hz],
+        "protocol": {
+            "max_major": int(hello.proto_max_major),
+            "min_major": int(hello.proto_min_major),
+            "minor": int(hello.proto_minor),
+        },
+        "auth_required": bool(hello.auth_required),
+    }
+    meta.update(extra)
+    return meta
+
+
+__all__ = [
+    "DIR_RX",
+    "DIR_TX",
+    "FORMAT_MAJOR",
+    "FORMAT_MINOR",
+    "KIND_FRAME",
+    "MAGIC",
+    "Capture",
+    "CaptureError",
+    "CaptureWriter",
+    "Record",
+    "hello_meta",
+    "iter_records",
+    "open_capture",
+]

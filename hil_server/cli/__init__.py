@@ -1,0 +1,112 @@
+"""The ``eis-hil`` command: one module per command group, found through the ``COMMANDS`` registry.
+
+Command output goes to stdout; logs (structlog) go to stderr. Nothing in ``hil_server`` imports this package
+(a test enforces it): the library does not depend on its command line.
+
+The registry, and the contract a command module follows
+--------------------------------------------------------
+``COMMANDS`` maps each command name to ``(module, help)``. Only the module of the command being run is
+imported (``eis-hil --help`` imports none), so a module may import what it needs at module level, but keeps
+heavy imports (TensorFlow, pandas, matplotlib) inside its functions.
+
+A command module exposes either, for one command::
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None: ...   # the command's options
+    def run(args: argparse.Namespace) -> int: ...                     # the exit code
+
+or, for a group of commands in one module (``model.py``: train, evaluate, ...)::
+
+    GROUP: dict[str, tuple[add_arguments, run]] = {"train": (add_train_arguments, run_train), ...}
+
+To add a command: write the module, then add one line to ``COMMANDS`` (the help text shown by
+``eis-hil --help``). Options shared by several commands live in ``_common.py`` (``add_listen_args``,
+``add_connect_args``, ``add_model_arg``, ``read_secret``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+AddArguments = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int]
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("serve", "server with the bundled model and a default scenario, and a client"),
+    "serve": ("serve", "stream a scenario to TCP clients in real time"),
+    "decode": ("decode", "decode a byte capture (file or -) and list its frames and errors"),
+    "train": ("model", "train the PINN on the measured EIS data (needs TensorFlow)"),
+    "evaluate": ("model", "accuracy on validation cells and validity, PINN vs plain MLP"),
+    "profiles": ("model", "list cell profiles with their trained input ranges"),
+    "spectrum": ("model", "impedance spectra at given operating points, as CSV"),
+    "calibrate": ("model", "fit a profile for one physical cell from its measured spectra"),
+    "export-tflite": ("model", "write the PINN (physics layer included) as a .tflite model"),
+    "run": ("scenario", "run a scenario as fast as possible into files (no network)"),
+    "validate": ("scenario", "check scenario files without running them"),
+    "client": ("client", "mock BMS: connect, subscribe, check and show what arrives, send control commands"),
+    "record": ("record", "connect to a server and record every frame it sends into a capture file"),
+    "export": ("export", "a capture as CSV (spectra for impedance.py, states, faults) and PNG plots"),
+    "serial-bridge": (
+        "serial_bridge",
+        "stream to a device on a serial port (protocol frames or AD5940-style text); see SERIAL.md",
+    ),
+    "replay": ("replay", "serve a recorded capture to clients with its original timing"),
+    "convert": ("convert", "potentiostat files (Gamry, BioLogic, ...) to the generic CSV and back"),
+    "can-bridge": ("can_bridge", "send cell states as CAN frames defined by a DBC (python-can)"),
+}
+"""Command name -> (module in this package, help line)."""
+
+
+def load_command(name: str) -> tuple[AddArguments, Run]:
+    """The ``add_arguments`` and ``run`` of command ``name`` (imports its module)."""
+    module = importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
+    group: dict[str, tuple[AddArguments, Run]] | None = getattr(module, "GROUP", None)
+    if group is not None:
+        return group[name]
+    return module.add_arguments, module.run
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``only``, the options of that one command alone are filled in (the others are
+    listed with their help, which is all ``eis-hil --help`` shows)."""
+    from hil_server import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="eis-hil",
+        description="EIS hardware-in-the-loop server for BMS development",
+        allow_abbrev=False,  # or a command's --log would be taken for an abbreviation of --log-json
+    )
+    parser.add_argument("--version", action="version", version=f"eis-hil {__version__}")
+    parser.add_argument(
+        "--log-json", action="store_true", help="logs as JSON lines (default: human-readable)"
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text)
+        if only is None or only == name:
+            add_arguments, run = load_command(name)
+            add_arguments(command)
+            command.set_defaults(func=run)
+    return parser
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command named on the command line (the first word that is one), if any."""
+    return next((word for word in argv if word in COMMANDS), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hil_server.cli._logging import configure_logging
+
+    words = sys.argv[1:] if argv is None else argv
+    # no command named (``--help``, a typo): no command module is loaded, argparse lists the commands
+    args = build_parser(only=_command_in(words) or "").parse_args(words)
+    configure_logging(json=args.log_json, level=args.log_level)
+    code: int = args.func(args)
+    return code
+
+
+__all__ = ["COMMANDS", "build_parser", "load_command", "main"]

@@ -1,0 +1,5 @@
+import sys
+
+from hil_server.cli import main
+
+sys.exit(main())

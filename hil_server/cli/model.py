@@ -1,0 +1,250 @@
+"""The model commands: train, evaluate, profiles, spectrum, calibrate, export-tflite."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from hil_server.cli._common import add_model_arg as model_arg
+from hil_server.cli._common import add_point_arguments, read_spectra_arg
+from hil_server.cli._common import model_dir as _model_dir
+from hil_server.cli._common import write as _write
+
+log = structlog.get_logger(__name__)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hil_server.eis_data import DataNotFoundError, EisDataError, load_all
+    from hil_server.model.train import TrainConfig, train
+
+    try:
+        spectra = load_all(args.data, simulated=args.simulated)
+        for extra in args.extra:
+            spectra = spectra + read_spectra_arg(extra, args)
+    except (DataNotFoundError, EisDataError) as exc:
+        log.error("cannot read training data", error=str(exc))
+        return 2
+    spectra = spectra.clean()
+    config = TrainConfig(seed=args.seed, epochs=args.epochs)
+    every = max(1, args.epochs // 20)
+
+    def progress(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch % every == 0 or epoch == args.epochs - 1:
+            log.info("epoch", epoch=epoch + 1, of=args.epochs, **{k: round(v, 6) for k, v in metrics.items()})
+
+    meta = train(spectra, Path(args.out), config, progress)
+    for key, value in meta["metrics"].items():
+        _write(f"{key:22} median {value['median']:.2%}  p90 {value['p90']:.2%}  n={value['n']}\n")
+    _write(f"model written to {args.out} in {meta['train_seconds']} s\n")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from hil_server.eis_data import load_all
+    from hil_server.model.evaluate import evaluate, format_table
+    from hil_server.model.store import ModelLoadError, load_keras_model
+
+    try:
+        model, meta = load_keras_model(_model_dir(args))
+    except ModelLoadError as exc:
+        log.error("cannot load model", error=str(exc))
+        return 2
+    # every source whose profile the model knows (the simulated one only if it was trained on it)
+    spectra = load_all(args.data, simulated=True).clean().filter(lambda s: s.profile in meta.profiles)
+    result = evaluate(model, meta, spectra, mlp_epochs=args.mlp_epochs)
+    _write(format_table(result) + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from hil_server.model.profiles import list_profiles
+    from hil_server.model.store import ModelLoadError, read_metadata
+
+    try:
+        meta = read_metadata(_model_dir(args))
+        profiles = list_profiles(meta)
+    except ModelLoadError as exc:
+        log.error("cannot list profiles", error=str(exc))
+        return 2
+    _write(f"{'profile':20} {'base':12} {'trained SOC':>12} {'temp C':>12} {'SOH':>12}\n")
+    for prof in profiles:
+        r = meta.input_ranges[prof.base]
+        _write(
+            f"{prof.name:20} {prof.base:12} {r['soc'][0]:5.2f}..{r['soc'][1]:<5.2f} "
+            f"{r['temp_c'][0]:5.0f}..{r['temp_c'][1]:<5.0f} {r['soh'][0]:5.2f}..{r['soh'][1]:<5.2f}\n"
+        )
+    _write(
+        "Outside the trained ranges the model extrapolates (Arrhenius in temperature, physical circuit "
+        "everywhere).\n"
+    )
+    return 0
+
+
+def cmd_spectrum(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from hil_server.model.profiles import resolve
+    from hil_server.model.runtime import NumpyPinn
+    from hil_server.model.spectra_io import (
+        InputError,
+        OperatingPoint,
+        check_point,
+        read_freqs,
+        read_points,
+        write_spectra,
+    )
+    from hil_server.model.store import ModelLoadError, read_metadata
+
+    try:
+        meta = read_metadata(_model_dir(args))
+        if args.points:
+            points = read_points(Path(args.points))
+        else:
+            if None in (args.profile, args.soc, args.temp_c, args.soh):
+                raise InputError("give --points FILE, or all of --profile --soc --temp-c --soh")
+            points = [OperatingPoint(args.profile, args.soc, args.temp_c, args.soh)]
+            check_point(points[0], "command line")
+        resolved = [resolve(p.profile, meta) for p in points]
+        if args.freqs:
+            freqs = read_freqs(Path(args.freqs))
+        else:
+            bases = {r.base for r in resolved}
+            if len(bases) > 1:
+                raise InputError("points of several profiles need one --freqs FILE")
+            freqs = np.array(meta.raw["freq_grids"][bases.pop()])
+        runtime = NumpyPinn.load(_model_dir(args))  # numpy only: no TensorFlow import
+    except (InputError, ModelLoadError) as exc:
+        log.error("spectrum", error=str(exc))
+        return 2
+    latents = np.array([r.latent if r.latent is not None else [0.0] * runtime.latent_dim for r in resolved])
+    z = runtime.impedance(
+        np.array([runtime.profile_index(r.base) for r in resolved]),
+        np.array([[p.soc, p.temp_c, p.soh] for p in points]),
+        freqs,
+        latent=latents,
+    ).astype(np.complex128)
+    if args.out:
+        with Path(args.out).open("w", encoding="utf-8") as handle:
+            write_spectra(handle, freqs, z)
+        log.info("spectra written", path=args.out, spectra=len(points), points=freqs.size)
+    else:
+        write_spectra(sys.stdout, freqs, z)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from hil_server.eis_data import EisDataError, SpectrumSet
+    from hil_server.model.calibrate import fit_latent, predict
+    from hil_server.model.dataset import nrmse, to_arrays
+    from hil_server.model.profiles import Profile, save_calibrated
+    from hil_server.model.store import ModelLoadError, load_keras_model
+
+    try:
+        model, meta = load_keras_model(_model_dir(args))
+        index = meta.profile_index(args.profile)
+        spectra = read_spectra_arg(args.spectra, args)
+    except (ModelLoadError, EisDataError, OSError) as exc:
+        log.error("calibrate", error=str(exc))
+        return 2
+    relabelled = SpectrumSet.of(dataclasses.replace(s, profile=args.profile) for s in spectra)
+    data = to_arrays(relabelled, meta.profiles, {})
+    before = nrmse(*predict(model, data), data)
+    latent = fit_latent(model, data)
+    after = nrmse(*predict(model, data, latent), data)
+    target = save_calibrated(
+        Profile(
+            args.name,
+            meta.profiles[index],
+            tuple(float(x) for x in latent),
+            meta.model_sha256,
+            str(args.spectra),
+        )
+    )
+    _write(
+        f"profile {args.name} (base {args.profile}) from {len(spectra)} spectra: NRMSE median "
+        f"{float(np.median(before)):.2%} with the typical cell -> {float(np.median(after)):.2%} calibrated\n"
+        f"written to {target}; use it anywhere a profile name is accepted\n"
+    )
+    return 0
+
+
+def cmd_export_tflite(args: argparse.Namespace) -> int:
+    from hil_server.model.export import export_tflite, format_report
+    from hil_server.model.store import ModelLoadError
+
+    try:
+        report = export_tflite(_model_dir(args), Path(args.out), args.quantize)
+    except (ModelLoadError, ValueError) as exc:
+        log.error("cannot export", error=str(exc))
+        return 2
+    _write(json.dumps(report, indent=1) + "\n" if args.json else format_report(report))
+    return 0
+
+
+def add_train_arguments(train: argparse.ArgumentParser) -> None:
+    train.add_argument("--out", required=True, help="output model directory")
+    train.add_argument("--epochs", type=int, default=1200)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--data", help="data directory (default: $EIS_HIL_DATA or ../shared/data)")
+    train.add_argument("--extra", nargs="*", default=[], help="extra spectra in the generic CSV format")
+    train.add_argument(
+        "--simulated",
+        action="store_true",
+        help="add the PyBaMM-simulated LG M50 source (profile lgm50_pybamm)",
+    )
+    add_point_arguments(train)
+
+
+def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
+    model_arg(ev)
+    ev.add_argument("--data", help="data directory (default: $EIS_HIL_DATA or ../shared/data)")
+    ev.add_argument("--mlp-epochs", type=int, default=400, help="training epochs of the plain-MLP baseline")
+    ev.add_argument("--json", help="also write the results as JSON to this file")
+
+
+def add_profiles_arguments(prof: argparse.ArgumentParser) -> None:
+    model_arg(prof)
+
+
+def add_spectrum_arguments(spec: argparse.ArgumentParser) -> None:
+    model_arg(spec)
+    spec.add_argument("--profile")
+    spec.add_argument("--soc", type=float, help="state of charge, 0..1")
+    spec.add_argument("--temp-c", type=float, help="cell temperature in degrees C")
+    spec.add_argument("--soh", type=float, help="state of health, 0..1")
+    spec.add_argument("--points", help="CSV with columns profile,soc,temp_c,soh (one spectrum per row)")
+    spec.add_argument("--freqs", help="file with one frequency in Hz per line (default: the profile's grid)")
+    spec.add_argument("--out", help="output CSV (default: stdout)")
+
+
+def add_calibrate_arguments(cal: argparse.ArgumentParser) -> None:
+    model_arg(cal)
+    cal.add_argument("--profile", required=True, help="built-in profile the cell belongs to")
+    cal.add_argument("--spectra", required=True, help="measured spectra in the generic CSV format")
+    cal.add_argument("--name", required=True, help="name of the new profile")
+    add_point_arguments(cal)
+
+
+def add_export_tflite_arguments(exp: argparse.ArgumentParser) -> None:
+    model_arg(exp)
+    exp.add_argument("--out", required=True, help="output .tflite file")
+    exp.add_argument("--quantize", choices=["float32", "int8"], default="float32")
+    exp.add_argument("--json", action="store_true", help="print the full report as JSON")
+
+
+GROUP = {
+    "train": (add_train_arguments, cmd_train),
+    "evaluate": (add_evaluate_arguments, cmd_evaluate),
+    "profiles": (add_profiles_arguments, cmd_profiles),
+    "spectrum": (add_spectrum_arguments, cmd_spectrum),
+    "calibrate": (add_calibrate_arguments, cmd_calibrate),
+    "export-tflite": (add_export_tflite_arguments, cmd_export_tflite),
+}

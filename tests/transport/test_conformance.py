@@ -1,0 +1,122 @@
+"""Conformance: the C reference client and the Python client on one live server decode the same values.
+
+The C example prints every field of CELL_STATES and EIS_SPECTRUM (floats with 9 significant digits, exact for
+float32); the test parses its output and compares it, value for value, with what the Python decoder saw for
+the same step and spectrum. The compiled client comes from ``make -C firmware_stub examples`` (``make test``
+builds it before pytest runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import protocol as p
+from hil_server.client.client import HilClient
+from hil_server.testing import start_server, until
+from protocol import SessionState
+
+ROOT = Path(__file__).resolve().parents[2]
+EXE = ROOT / "firmware_stub" / "build" / "hil_tcp_client"
+SCENARIO = ROOT / "scenarios" / "fault_showcase.yaml"
+CELL_RE = re.compile(
+    r"cell (\d+) (-?\d+) uV (-?\d+) uA (-?\d+) mdegC soc (\d+) soh (\d+) flags 0x([0-9a-f]+)"
+)
+POINT_RE = re.compile(r"(\S+) Hz (\S+) (\S+) ohm")
+
+
+def _same_float(c_text: str, value: float) -> bool:
+    parsed = float(c_text)
+    return (math.isnan(parsed) and math.isnan(value)) or np.float32(parsed) == np.float32(value)
+
+
+@pytest.mark.asyncio
+async def test_c_client_decodes_the_live_stream_like_python() -> None:
+    if not EXE.exists():
+        pytest.skip(f"{EXE} not built: run make -C firmware_stub examples (make test does)")
+    server = await start_server(SCENARIO, speed=0.0)
+    python = await HilClient.connect("127.0.0.1", server.port, name="python")
+    await python.subscribe()
+    # Hold the stream until the C client has subscribed: at speed 0 the server would otherwise run ahead for
+    # the Python client alone while the C process starts, and the two would share fewer steps.
+    assert isinstance(await python.control(p.Control(p.ControlCommand.PAUSE)), p.Ack)
+    while not python.frames.empty():  # frames from before the pause: the C client will never see them
+        python.frames.get_nowait()
+    proc = await asyncio.create_subprocess_exec(
+        str(EXE),
+        "127.0.0.1",
+        str(server.port),
+        "--name",
+        "c-client",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    # Read the C client's output all along: a full pipe would block it and it would miss the server's BYE.
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    output = asyncio.create_task(proc.stdout.read())
+    errors = asyncio.create_task(proc.stderr.read())
+    states: dict[int, p.CellStates] = {}
+    spectra: dict[tuple[int, int], p.EisSpectrum] = {}
+    try:
+        await until(lambda: sum(s.state is SessionState.STREAMING for s in server.sessions.values()) >= 2, 20)
+        assert isinstance(await python.control(p.Control(p.ControlCommand.RESUME)), p.Ack)
+        while len(states) < 700 or len(spectra) < 24:
+            msg = (await python.next_frame(timeout=10)).message
+            if isinstance(msg, p.CellStates):
+                states[msg.step] = msg
+            elif isinstance(msg, p.EisSpectrum):
+                spectra[(msg.t_sim_us, msg.cell)] = msg
+    finally:
+        await python.close()
+        await server.stop()
+        out, err = await asyncio.wait_for(asyncio.gather(output, errors), 20)
+        await asyncio.wait_for(proc.wait(), 20)
+    assert proc.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert any(line.startswith("BYE reason 26") for line in lines)
+
+    compared_states = compared_points = 0
+    for line in lines:
+        if line.startswith("CELL_STATES"):
+            fields = line.split(" | ")[0].split()
+            step = int(fields[fields.index("step") + 1])
+            if step not in states:
+                continue
+            records = states[step].records
+            cells = CELL_RE.findall(line)
+            assert len(cells) == records.size
+            for (cell, uv, ua, mdeg, soc, soh, flags), rec in zip(cells, records, strict=True):
+                assert (int(cell), int(uv), int(ua), int(mdeg), int(soc), int(soh), int(flags, 16)) == (
+                    rec["cell"],
+                    rec["voltage_uV"],
+                    rec["current_uA"],
+                    rec["temperature_mdegC"],
+                    rec["soc_ppm"],
+                    rec["soh_ppm"],
+                    rec["flags"],
+                ), line[:120]
+            compared_states += 1
+        elif line.startswith("EIS_SPECTRUM"):
+            head = line.split(" | ")[0].split()
+            key = (int(head[head.index("t_sim_us") + 1]), int(head[head.index("cell") + 1]))
+            if key not in spectra:
+                continue
+            spectrum = spectra[key]
+            assert int(head[head.index("id") + 1]) == spectrum.spectrum_id
+            points = POINT_RE.findall(line)
+            assert len(points) == spectrum.freq_hz.size
+            for (f, re_, im), pf, pre, pim in zip(
+                points, spectrum.freq_hz, spectrum.z_re_ohm, spectrum.z_im_ohm, strict=True
+            ):
+                assert _same_float(f, pf)
+                assert _same_float(re_, pre)
+                assert _same_float(im, pim)
+                compared_points += 1
+    assert compared_states >= 650, compared_states
+    assert compared_points >= 200, compared_points
