@@ -148,6 +148,35 @@ def test_operating_point_says_what_is_missing_and_takes_a_sidecar(tmp_path: Path
         read_spectra_file(dta)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- 0.5\n", r"cell7.DTA.yaml:1: expected a mapping"),
+        ("soc: 0.5\nsoc_pct: 50\n", r"cell7.DTA.yaml:2: unknown key 'soc_pct': expected soc, temp_c"),
+        ("temp_c: 298.15\n", r"cell7.DTA.yaml:1: temp_c: expected a number in \[-100, 150\], got 298.15"),
+        ("soc: .nan\n", r"cell7.DTA.yaml:1: soc: expected a number in \[0, 1\], got .nan"),
+        ("soc: [0.5]\n", r"cell7.DTA.yaml:1: soc: expected a number in \[0, 1\]$"),
+        ("soc: 0.5\n  soh: 1\n", r"cell7.DTA.yaml:2: cannot read the operating point"),
+        ("soc: " + "[" * 5000 + "\n", r"cell7.DTA.yaml: cannot read the operating point"),
+        ("soc: " + "9" * (70 * 1024) + "\n", r"cell7.DTA.yaml: larger than 65536 bytes"),
+    ],
+)
+def test_a_bad_sidecar_is_one_line_with_its_line_and_key(tmp_path: Path, text: str, message: str) -> None:
+    dta = tmp_path / "cell7.DTA"
+    shutil.copy(FILES / "exampleDataGamry.DTA", dta)
+    (tmp_path / "cell7.DTA.yaml").write_text(text)
+    with pytest.raises(EisDataError, match=message):
+        read_spectra_file(dta, point=POINT)
+
+
+def test_a_sidecar_alias_is_read_as_its_value_not_expanded(tmp_path: Path) -> None:
+    dta = tmp_path / "cell7.DTA"
+    shutil.copy(FILES / "exampleDataGamry.DTA", dta)
+    (tmp_path / "cell7.DTA.yaml").write_text("soc: &x 0.5\nsoh: *x\ntemp_c: 20\ncell_id: 7\n")
+    (spectrum,) = read_spectra_file(dta)
+    assert (spectrum.soc, spectrum.temp_c, spectrum.soh, spectrum.cell_id) == (0.5, 20.0, 0.5, "generic/7")
+
+
 def test_convert_to_generic_and_to_impedance_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cell.csv"
     argv = ["convert", str(FILES / "exampleDataBioLogic.mpt"), str(out), "--soc", "0.5", "--temp-c", "25"]
