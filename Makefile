@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint typecheck pytest ctest bench vectors clean
+.PHONY: setup demo test lint typecheck pytest ctest bench vectors wireshark clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -33,6 +33,7 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/python tools/gen_vectors.py --check
+	$(BIN)/python tools/gen_wireshark.py --check
 	$(BIN)/pytest -q
 
 ctest:
@@ -43,6 +44,9 @@ bench: $(STAMP)
 
 vectors: $(STAMP)
 	$(BIN)/python tools/gen_vectors.py
+
+wireshark: $(STAMP)
+	$(BIN)/python tools/gen_wireshark.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -22,6 +22,7 @@ LAYERS: dict[str, set[str]] = {
         "capture",
         "client",
         "stream",
+        "sweep",
         "session",
         "sim",
         "scenario",
@@ -47,6 +48,10 @@ LAYERS: dict[str, set[str]] = {
     "capture": {"client", "protocol", "__init__"},
     "client": {"session", "protocol"},
     "stream": {"capture", "session", "sim", "scenario", "model", "protocol"},
+    # Dataset sweeps stand beside stream: both drive the simulation (sim, scenario, model) for a consumer
+    # above them, stream for clients on the wire, sweep for files; only the command line (cli/sweep.py)
+    # imports it, and it reports progress through the events its executors yield, not through cli.
+    "sweep": {"sim", "scenario", "model", "protocol"},
     "session": {"protocol"},
     "sim": {"scenario", "model", "eis_data", "protocol"},
     "scenario": {"model", "eis_data", "protocol"},

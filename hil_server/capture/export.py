@@ -90,13 +90,29 @@ class ExportResult:
         )
         if self.pngs and len(self.plotted_cells) < len(self.cells):
             text += f" (cells {cell_ranges(self.plotted_cells)} of {len(self.cells)} plotted)"
-        if self.undecodable:
-            text += f"; {self.undecodable} frames not decodable (skipped)"
-        if self.truncated_bytes:
-            text += (
-                f"; WARNING: capture truncated, {self.truncated_bytes} bytes after the last record ignored"
-            )
-        return text
+        return text + warnings_suffix(self.undecodable, self.truncated_bytes)
+
+
+def warnings_suffix(undecodable: int, truncated_bytes: int) -> str:
+    """The end of an export's summary line (CSV, pcapng, MDF4): frames skipped, and the bytes a truncated
+    capture left out."""
+    text = ""
+    if undecodable:
+        text += f"; {undecodable} frames not decodable (skipped)"
+    if truncated_bytes:
+        text += f"; WARNING: capture truncated, {truncated_bytes} bytes after the last record ignored"
+    return text
+
+
+def warn_truncated(capture: Capture, path: Path) -> None:
+    """Log a warning when the capture read up to here was truncated (every export does, once)."""
+    if capture.truncated_bytes:
+        log.warning(
+            "capture truncated: exported what is complete",
+            path=str(path),
+            truncated_bytes=capture.truncated_bytes,
+            reason=capture.stop_reason,
+        )
 
 
 @dataclasses.dataclass
@@ -318,13 +334,7 @@ def export_capture(
             bar.close()
     result.truncated_bytes = capture.truncated_bytes
     result.stop_reason = capture.stop_reason
-    if capture.truncated_bytes:
-        log.warning(
-            "capture truncated: exported what is complete",
-            path=str(path),
-            truncated_bytes=capture.truncated_bytes,
-            reason=capture.stop_reason,
-        )
+    warn_truncated(capture, path)
     result.plotted_cells = sorted(collector.series)
     if not csv_only:
         if len(result.cells) > len(result.plotted_cells):

@@ -1,45 +1,110 @@
-"""``eis-hil export``: a capture as CSV and PNG plots."""
+"""``eis-hil export``: a capture as CSV and PNG plots, as ASAM MDF4 (``--format mf4``), or as a pcapng for
+Wireshark (``--pcap``).
+
+    eis-hil export session.eiscap --out session/                  # CSV + PNG directory
+    eis-hil export session.eiscap --format mf4 --out session.mf4  # CANape, INCA, asammdf
+    eis-hil export session.eiscap --pcap session.pcapng           # Wireshark, tools/wireshark/eis_hil.lua
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import structlog
 
 from hil_server.capture.format import CaptureError
-from hil_server.cli._common import Progress, cell_index
-
-if TYPE_CHECKING:
-    pass
+from hil_server.cli._common import Progress, cell_index, write
 
 log = structlog.get_logger(__name__)
 
 
-def run(args: argparse.Namespace) -> int:
+def _check_writable(path: Path, what: str) -> str | None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        return f"{what} {path}: is a directory, expected a file name"
+    if not parent.is_dir():
+        return f"{what} {path}: directory {parent} does not exist"
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"{what} {path}: not writable"
+    return None
+
+
+def check(args: argparse.Namespace) -> str | None:
+    """The option errors ``export`` refuses before reading anything, or None."""
+    if args.format == "mf4" and args.out is None:
+        return "--format mf4 needs --out FILE.mf4"
+    if args.out is None and args.pcap is None:
+        return "export needs --out (a directory, or a .mf4 file with --format mf4) or --pcap FILE.pcapng"
+    if args.format == "mf4":
+        if args.cells or args.csv_only:
+            return "--cells and --csv-only apply to the CSV export, not to --format mf4"
+        problem = _check_writable(Path(args.out), "--out")
+        if problem:
+            return problem
+    if args.pcap is not None:
+        return _check_writable(Path(args.pcap), "--pcap")
+    return None
+
+
+def _export(args: argparse.Namespace) -> None:
+    capture = Path(args.file)
+    if args.pcap is not None:
+        from hil_server.capture.pcap import export_pcap
+
+        write(export_pcap(capture, Path(args.pcap)).summary() + "\n")
+    if args.out is None:
+        return
+    if args.format == "mf4":
+        from hil_server.capture.mdf import export_mdf
+
+        write(export_mdf(capture, Path(args.out)).summary() + "\n")
+        return
     from hil_server.capture.export import export_capture
 
+    result = export_capture(
+        capture,
+        Path(args.out),
+        csv_only=args.csv_only,
+        cells=tuple(args.cells) if args.cells else None,
+        plot_cells=args.plot_cells,
+        progress=Progress("exporting", "record"),
+    )
+    write(result.summary() + "\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    problem = check(args)
+    if problem:
+        log.error("export", error=problem)
+        return 2
     try:
-        result = export_capture(
-            Path(args.file),
-            Path(args.out),
-            csv_only=args.csv_only,
-            cells=tuple(args.cells) if args.cells else None,
-            plot_cells=args.plot_cells,
-            progress=Progress("exporting", "record"),
-        )
+        _export(args)
     except (CaptureError, OSError) as exc:
         log.error("export", error=str(exc))
         return 2
-    sys.stdout.write(result.summary() + "\n")
+    except ImportError as exc:
+        log.error("export", error=f"{exc}: --format mf4 needs asammdf: pip install 'eis-hil[mdf]'")
+        return 2
     return 0
 
 
 def add_arguments(exp: argparse.ArgumentParser) -> None:
     exp.add_argument("file", help="capture file")
-    exp.add_argument("--out", required=True, help="output directory (created)")
+    exp.add_argument("--out", help="output directory (created), or the .mf4 file with --format mf4")
+    exp.add_argument(
+        "--format",
+        choices=("csv", "mf4"),
+        default="csv",
+        help="csv: a directory of CSV files and plots (default); mf4: one ASAM MDF 4 file (--out FILE.mf4)",
+    )
+    exp.add_argument(
+        "--pcap",
+        metavar="FILE.pcapng",
+        help="also (or only) write the frames as a pcapng of a loopback TCP session, for Wireshark with "
+        "tools/wireshark/eis_hil.lua",
+    )
     exp.add_argument("--csv-only", action="store_true", help="no plots")
     exp.add_argument("--cells", type=cell_index, nargs="*", help="export only these cells (default all)")
     exp.add_argument(

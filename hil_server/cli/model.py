@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import structlog
@@ -46,19 +48,56 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from hil_server.eis_data import load_all
+    from hil_server.eis_data import DataNotFoundError, load_all
     from hil_server.model.evaluate import evaluate, format_table
     from hil_server.model.store import ModelLoadError, load_keras_model
 
+    if args.cv is not None and args.cv < 2:
+        log.error("evaluate", error=f"--cv {args.cv}: need at least 2 folds")
+        return 2
+    if args.json:
+        try:
+            Path(args.json).touch()
+        except OSError as exc:
+            log.error("evaluate", error=f"--json {args.json}: cannot write ({exc.strerror})")
+            return 2
     try:
         model, meta = load_keras_model(_model_dir(args))
-    except ModelLoadError as exc:
-        log.error("cannot load model", error=str(exc))
+        # every source whose profile the model knows (the simulated one only if it was trained on it)
+        spectra = load_all(args.data, simulated=True).clean().filter(lambda s: s.profile in meta.profiles)
+    except (ModelLoadError, DataNotFoundError) as exc:
+        log.error("cannot evaluate", error=str(exc))
         return 2
-    # every source whose profile the model knows (the simulated one only if it was trained on it)
-    spectra = load_all(args.data, simulated=True).clean().filter(lambda s: s.profile in meta.profiles)
-    result = evaluate(model, meta, spectra, mlp_epochs=args.mlp_epochs)
-    _write(format_table(result) + "\n")
+    result: dict[str, Any] = {}
+    text = []
+    if args.cv is not None:
+        import dataclasses as dc
+
+        from hil_server.model.cv import cross_validate, format_cv
+        from hil_server.model.train import TrainConfig
+
+        known = {f.name for f in dc.fields(TrainConfig)}
+        config = TrainConfig(**{k: v for k, v in meta.raw["config"].items() if k in known})
+        epochs = args.cv_epochs or (config.epochs // 4 if args.fast else config.epochs)
+        config = dc.replace(config, epochs=epochs, val_fraction=0.0)
+        try:
+            cv = cross_validate(
+                spectra,
+                args.cv,
+                config=config,
+                mlp_epochs=args.mlp_epochs,
+                seed=args.seed,
+                progress=lambda message: log.info("cross-validation", step=message),
+            )
+        except ValueError as exc:
+            log.error("evaluate", error=str(exc))
+            return 2
+        result["cv"] = cv
+        text.append(format_cv(cv))
+        text.append("")
+    result.update(evaluate(model, meta, spectra, mlp_epochs=args.mlp_epochs))
+    text.append(format_table(result))
+    _write("\n".join(text) + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return 0
@@ -89,7 +128,6 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 
 def cmd_spectrum(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from hil_server.model.profiles import resolve
     from hil_server.model.runtime import NumpyPinn
@@ -124,7 +162,12 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
     except (InputError, ModelLoadError) as exc:
         log.error("spectrum", error=str(exc))
         return 2
-    latents = np.array([r.latent if r.latent is not None else [0.0] * runtime.latent_dim for r in resolved])
+    outside = _outside_trained_range(meta.input_ranges, resolved, points)
+    if outside:
+        log.warning("outside the trained range: the model extrapolates", **outside)
+    # One definition of what a profile adds (model.profiles.cell_latent), the one the stream uses too:
+    # zero for a built-in profile's typical cell, offsets (and aging) for a calibrated one.
+    latents = np.vstack([r.latents([p.soh]) for r, p in zip(resolved, points, strict=True)])
     z = runtime.impedance(
         np.array([runtime.profile_index(r.base) for r in resolved]),
         np.array([[p.soc, p.temp_c, p.soh] for p in points]),
@@ -140,40 +183,100 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
     return 0
 
 
+def _outside_trained_range(
+    ranges: dict[str, dict[str, list[float]]], resolved: list[Any], points: list[Any]
+) -> dict[str, Any]:
+    """Points outside their profile's trained (SOC, temp_c, SOH) range: count and the first one, for one
+    warning (not one per point)."""
+    count, first = 0, None
+    for r, point in zip(resolved, points, strict=True):
+        bounds = ranges.get(r.base)
+        if bounds is None:
+            continue
+        off = [k for k in ("soc", "temp_c", "soh") if not bounds[k][0] <= getattr(point, k) <= bounds[k][1]]
+        if off:
+            count += 1
+            if first is None:
+                first = {
+                    "profile": point.profile,
+                    **{k: getattr(point, k) for k in off},
+                    "trained": {k: bounds[k] for k in off},
+                }
+    return {"points": count, "of": len(points), "first": first} if count else {}
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from hil_server.eis_data import EisDataError, SpectrumSet
-    from hil_server.model.calibrate import fit_latent, predict
-    from hil_server.model.dataset import nrmse, to_arrays
-    from hil_server.model.profiles import Profile, save_calibrated
-    from hil_server.model.store import ModelLoadError, load_keras_model
+    from hil_server.model.calibrate import (
+        CalibrationInputError,
+        calibrate_cell,
+        check_calibration_input,
+        format_report,
+        predict,
+    )
+    from hil_server.model.dataset import to_arrays
+    from hil_server.model.profiles import NAME_RE, Profile, profiles_dir, save_calibrated
+    from hil_server.model.store import ModelLoadError, load_keras_model, read_metadata
 
+    # Everything that can be refused is refused before the fit (and before TensorFlow loads).
     try:
-        model, meta = load_keras_model(_model_dir(args))
+        meta = read_metadata(_model_dir(args))
         index = meta.profile_index(args.profile)
+        if not NAME_RE.match(args.name):
+            raise CalibrationInputError(
+                f"--name {args.name!r}: use letters, digits, '_', '.', '-' (at most 64, starting with a "
+                "letter or digit)"
+            )
+        if args.name in meta.profiles:
+            raise CalibrationInputError(f"--name {args.name!r} is a built-in profile; choose another name")
+        folder = profiles_dir()
+        target = folder / f"{args.name}.json"
+        if target.exists() and not args.replace:
+            raise CalibrationInputError(
+                f"profile {args.name!r} exists ({target}); pass --replace to overwrite it"
+            )
+        _check_writable_dir(folder)
         spectra = read_spectra_arg(args.spectra, args)
-    except (ModelLoadError, EisDataError, OSError) as exc:
+    except (ModelLoadError, EisDataError, CalibrationInputError, OSError) as exc:
         log.error("calibrate", error=str(exc))
         return 2
     relabelled = SpectrumSet.of(dataclasses.replace(s, profile=args.profile) for s in spectra)
     data = to_arrays(relabelled, meta.profiles, {})
-    before = nrmse(*predict(model, data), data)
-    latent = fit_latent(model, data)
-    after = nrmse(*predict(model, data, latent), data)
+    ids = [s.cell_id.rsplit("/", 1)[-1] if s.cycle is None else str(s.cycle) for s in relabelled]
+    try:
+        model, _ = load_keras_model(_model_dir(args))
+        check_calibration_input(data, str(args.spectra), ids, predict(model, data), force=args.force)
+    except (ModelLoadError, CalibrationInputError) as exc:
+        log.error("calibrate", error=str(exc))
+        return 2
+    report = calibrate_cell(model, data)
     target = save_calibrated(
         Profile(
             args.name,
             meta.profiles[index],
-            tuple(float(x) for x in latent),
+            tuple(float(x) for x in report.fit.offset),
             meta.model_sha256,
             str(args.spectra),
-        )
+            None if report.fit.rate is None else tuple(float(x) for x in report.fit.rate),
+        ),
+        folder,
     )
     _write(
-        f"profile {args.name} (base {args.profile}) from {len(spectra)} spectra: NRMSE median "
-        f"{float(np.median(before)):.2%} with the typical cell -> {float(np.median(after)):.2%} calibrated\n"
+        f"profile {args.name} (base {args.profile})\n{format_report(report, len(spectra))}\n"
         f"written to {target}; use it anywhere a profile name is accepted\n"
     )
     return 0
+
+
+def _check_writable_dir(folder: Path) -> None:
+    """Create ``folder`` if needed and prove it takes a file, before any work whose result goes there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".eis-hil-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(f"{folder}: cannot write there ({exc.strerror})") from None
 
 
 def cmd_export_tflite(args: argparse.Namespace) -> int:
@@ -191,7 +294,7 @@ def cmd_export_tflite(args: argparse.Namespace) -> int:
 
 def add_train_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--out", required=True, help="output model directory")
-    train.add_argument("--epochs", type=int, default=1200)
+    train.add_argument("--epochs", type=int, default=3000)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--data", help="data directory (default: $EIS_HIL_DATA or ../shared/data)")
     train.add_argument("--extra", nargs="*", default=[], help="extra spectra in the generic CSV format")
@@ -206,6 +309,16 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
 def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
     model_arg(ev)
     ev.add_argument("--data", help="data directory (default: $EIS_HIL_DATA or ../shared/data)")
+    ev.add_argument(
+        "--cv",
+        type=int,
+        metavar="K",
+        help="grouped K-fold cross-validation over whole cells, retraining the PINN with the model's own "
+        "settings per fold (about K x the model's training time; --fast for a quarter of the epochs)",
+    )
+    ev.add_argument("--fast", action="store_true", help="with --cv: a quarter of the epochs, for iterating")
+    ev.add_argument("--cv-epochs", type=int, help="with --cv: PINN epochs per fold (overrides --fast)")
+    ev.add_argument("--seed", type=int, default=0, help="with --cv: seed of the fold assignment")
     ev.add_argument("--mlp-epochs", type=int, default=400, help="training epochs of the plain-MLP baseline")
     ev.add_argument("--json", help="also write the results as JSON to this file")
 
@@ -228,8 +341,15 @@ def add_spectrum_arguments(spec: argparse.ArgumentParser) -> None:
 def add_calibrate_arguments(cal: argparse.ArgumentParser) -> None:
     model_arg(cal)
     cal.add_argument("--profile", required=True, help="built-in profile the cell belongs to")
-    cal.add_argument("--spectra", required=True, help="measured spectra in the generic CSV format")
+    cal.add_argument(
+        "--spectra",
+        required=True,
+        help="measured spectra of one cell in the generic CSV format (several spectrum_ids at different SOH "
+        "also fit the cell's aging rate)",
+    )
     cal.add_argument("--name", required=True, help="name of the new profile")
+    cal.add_argument("--replace", action="store_true", help="overwrite an existing profile of that name")
+    cal.add_argument("--force", action="store_true", help="accept |Z| far from the profile (e.g. mOhm check)")
     add_point_arguments(cal)
 
 

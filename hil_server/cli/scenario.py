@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"{r['scenario_name']} seed {r['seed']}: {r['simulated_s']:.1f} s simulated "
                 f"in {r['wall_s']:.1f} s "
                 f"({speed_text(r['simulated_s'], r['wall_s'])}), {r['rows']['states']} state rows, "
-                f"{r['rows']['spectra']} spectrum points, {r['rows']['faults']} fault events"
+                f"{r['spectrum_points']} spectrum points, {r['rows']['faults']} fault events"
                 f"{'' if r['finished'] else ' (stopped at --max-s)'}\n"
             )
         write(f"written to {args.out}\n")

@@ -71,7 +71,7 @@ class TrainConfig:
     w_monotonic: float = 10.0
     w_smooth: float = 1e-3
     w_latent: float = 1e-3
-    w_arrhenius: float = 1.0
+    w_arrhenius: float = 0.1
     w_observable: float = 10.0
     w_centre: float = 1.0
     n_collocation: int = 256

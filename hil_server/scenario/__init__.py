@@ -11,7 +11,7 @@ from ._drive_cycles import BUNDLED_DIR as DRIVE_CYCLES_DIR
 from ._errors import Issue, ScenarioError
 from ._faults import PARAMS as FAULT_PARAMS
 from ._faults import STREAM_KINDS, kind_name
-from ._loader import load_scenario, scenario_hash, validate_files
+from ._loader import load_edited, load_scenario, scenario_hash, validate_files
 from ._model import (
     Ambient,
     CcCvCharge,
@@ -63,6 +63,7 @@ __all__ = [
     "Sweep",
     "Until",
     "kind_name",
+    "load_edited",
     "load_scenario",
     "scenario_hash",
     "validate_files",

@@ -7,7 +7,7 @@ import hashlib
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import MappingProxyType
 from typing import cast
@@ -116,7 +116,15 @@ def validate_files(paths: Iterable[str | os.PathLike[str]]) -> list[Issue]:
     return issues
 
 
-def _load(path: Path) -> tuple[Scenario | None, list[Issue]]:
+def load_edited(
+    path: str | os.PathLike[str], edit: Callable[[yaml.Node], None]
+) -> tuple[Scenario | None, list[Issue]]:
+    """Like ``load_scenario`` with ``edit`` applied to the file's node tree before it is read (the overrides
+    of ``eis-hil sweep``); the scenario (None if invalid) and every problem, without raising."""
+    return _load(Path(path), edit)
+
+
+def _load(path: Path, edit: Callable[[yaml.Node], None] | None = None) -> tuple[Scenario | None, list[Issue]]:
     file = str(path)
     try:
         data = read_limited(path)
@@ -142,6 +150,8 @@ def _load(path: Path) -> tuple[Scenario | None, list[Issue]]:
         return None, [Issue(file, None, "", f"YAML error: {exc}")]
     if root is None:
         return None, [Issue(file, None, "", "empty file: expected a mapping with name, cells and timeline")]
+    if edit is not None:
+        edit(root)
     builder = _Builder(Reader(file, loader), path.resolve().parent)
     scenario = builder.scenario(root, path, hashlib.sha256(data).digest())
     return scenario, builder.r.errors

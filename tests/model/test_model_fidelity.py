@@ -353,3 +353,21 @@ def test_monotonicity_check_catches_a_resistance_that_falls_in_the_cold() -> Non
     checks = evaluate.monotonicity(Backwards(), grid)
     assert checks["series_resistance_colder"] == 0.0
     assert checks["series_resistance_older"] == 1.0
+
+
+def test_evaluate_cv_through_the_cli(
+    trained_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["evaluate", "--model", str(trained_model), "--cv", "1"]) == 2
+    assert "at least 2 folds" in capsys.readouterr().err
+    report = tmp_path / "cv.json"
+    args = ["--cv", "2", "--cv-epochs", "1", "--mlp-epochs", "1", "--json", str(report)]
+    assert main(["evaluate", "--model", str(trained_model), *args]) == 0
+    out = capsys.readouterr().out
+    assert "Grouped 2-fold cross-validation" in out
+    assert "0.1 SOH older" in out
+    result = json.loads(report.read_text())
+    assert {c["cell"] for c in result["cv"]["cells"]} == set(
+        result["cv"]["folds"][0] + result["cv"]["folds"][1]
+    )
+    assert set(result["monotonicity"]) >= {"series_resistance_colder", "abs_z_0p1hz_older"}
