@@ -60,6 +60,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "stream to a device on a serial port (protocol frames or AD5940-style text); see SERIAL.md",
     ),
     "replay": ("replay", "serve a recorded capture to clients with its original timing"),
+    "convert": ("convert", "potentiostat files (Gamry, BioLogic, ...) to the generic CSV and back"),
+    "can-bridge": ("can_bridge", "send cell states as CAN frames defined by a DBC (python-can)"),
 }
 """Command name -> (module in this package, help line)."""
 
@@ -79,7 +81,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     from hil_server import __version__
 
     parser = argparse.ArgumentParser(
-        prog="eis-hil", description="EIS hardware-in-the-loop server for BMS development"
+        prog="eis-hil",
+        description="EIS hardware-in-the-loop server for BMS development",
+        allow_abbrev=False,  # or a command's --log would be taken for an abbreviation of --log-json
     )
     parser.add_argument("--version", action="version", version=f"eis-hil {__version__}")
     parser.add_argument(

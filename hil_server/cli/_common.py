@@ -1,4 +1,5 @@
-"""Small pieces the command modules share: the shared secret from the command line, and a progress line."""
+"""Small pieces the command modules share: the shared secret from the command line, a bridge's upstream,
+the operating point of instrument files, and a progress line."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from hil_server.cli._loop import LOOP_CHOICES
+
+if TYPE_CHECKING:
+    from hil_server.eis_data import OperatingPoint, SpectrumSet
+    from hil_server.transport.tcp import HilServer
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +66,56 @@ def read_secret(args: argparse.Namespace) -> bytes | None:
             raise ValueError(f"environment variable {env} (--secret-env) is not set")
         return value.encode()
     return None
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """argparse type of ``--server HOST:PORT`` (an empty host is the loopback)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"--server {text!r}: expected HOST:PORT, e.g. 127.0.0.1:7700")
+    return host or "127.0.0.1", int(port)
+
+
+def add_source_args(parser: argparse.ArgumentParser, medium: str, speed_note: str = "") -> None:
+    """The upstream of a bridge (serial-bridge, can-bridge): a running server or a scenario run in-process
+    (one required), its speed, seed, the cells streamed and the shared secret. ``medium`` names what paces
+    the bridge (line, bus) in the help."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--server", type=host_port, metavar="HOST:PORT", help="a running eis-hil server")
+    src.add_argument("--scenario", metavar="FILE", help="run this scenario in-process")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help=f"with --scenario: simulation speed (0: as fast as the {medium} carries{speed_note}); with "
+        f"--server: the server's speed, for the {medium} budget (default 1)",
+    )
+    parser.add_argument("--seed", type=int, help="with --scenario: seed (default: the scenario's)")
+    parser.add_argument("--cells", type=cell_index, nargs="+", help="cells to stream (default: all)")
+    add_secret_args(parser)  # for an upstream server that requires it
+
+
+class ScenarioStartError(Exception):
+    """``start_scenario`` could not start the scenario: one line naming the file and why."""
+
+
+async def start_scenario(args: argparse.Namespace, secret: bytes | None) -> HilServer:
+    """The server of a bridge's ``--scenario`` (``add_source_args``): on a free loopback port, at ``--speed``
+    (0 starts unpaced; the bridge then sets the speed its medium carries)."""
+    from hil_server.app import start_server
+    from hil_server.model.store import ModelLoadError
+    from hil_server.scenario import ScenarioError
+
+    try:
+        return await start_server(
+            args.scenario, seed=args.seed, host="127.0.0.1", port=0, speed=max(args.speed, 0.0), secret=secret
+        )
+    except ScenarioError as exc:
+        raise ScenarioStartError(
+            f"scenario {args.scenario}: " + "; ".join(str(i) for i in exc.errors)
+        ) from exc
+    except (ModelLoadError, OSError, ValueError) as exc:
+        raise ScenarioStartError(f"scenario {args.scenario}: {exc}") from exc
 
 
 def cell_index(text: str) -> int:
@@ -157,3 +213,55 @@ def scenario_command(command: str, body: Callable[[], int]) -> int:
     except (ModelLoadError, CaptureError, ValueError, OSError) as exc:
         log.error(command, error=str(exc))
         return 2
+
+
+def add_point_arguments(parser: argparse.ArgumentParser) -> None:
+    """--soc, --temp-c, --soh, --cell-id: labels of instrument files (over their sidecar <file>.yaml), for
+    the commands that read spectra (convert, train --extra, calibrate --spectra)."""
+    group = parser.add_argument_group(
+        "operating point of instrument files (over a sidecar <file>.yaml; our generic CSV has its own)"
+    )
+    group.add_argument("--soc", type=_fraction, help="state of charge, 0..1")
+    group.add_argument("--temp-c", type=_celsius, help="cell temperature in degC")
+    group.add_argument("--soh", type=_fraction, help="state of health, 0..1")
+    group.add_argument("--cell-id", help="cell name (default: the file name)")
+
+
+def point_from_args(args: argparse.Namespace) -> OperatingPoint:
+    from hil_server.eis_data import OperatingPoint
+
+    return OperatingPoint(
+        getattr(args, "soc", None),
+        getattr(args, "temp_c", None),
+        getattr(args, "soh", None),
+        getattr(args, "cell_id", None),
+    )
+
+
+def read_spectra_arg(path: str, args: argparse.Namespace) -> SpectrumSet:
+    """A spectra file named on the command line (generic CSV or an instrument file labelled by the options
+    of ``add_point_arguments``)."""
+    from hil_server.eis_data import read_spectra_file
+
+    return read_spectra_file(path, point=point_from_args(args))
+
+
+def _celsius(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not -100.0 <= value <= 150.0:
+        raise argparse.ArgumentTypeError(f"{text}: expected degrees Celsius in -100..150 (Kelvin?)")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        hint = " (percent? give a fraction, e.g. 0.5 for 50 %)" if 1.0 < value <= 100.0 else ""
+        raise argparse.ArgumentTypeError(f"{text}: expected a fraction in 0..1{hint}")
+    return value

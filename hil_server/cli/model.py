@@ -14,6 +14,7 @@ import numpy as np
 import structlog
 
 from hil_server.cli._common import add_model_arg as model_arg
+from hil_server.cli._common import add_point_arguments, read_spectra_arg
 from hil_server.cli._common import model_dir as _model_dir
 from hil_server.cli._common import write as _write
 
@@ -21,13 +22,13 @@ log = structlog.get_logger(__name__)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hil_server.eis_data import DataNotFoundError, EisDataError, load_all, read_generic_csv
+    from hil_server.eis_data import DataNotFoundError, EisDataError, load_all
     from hil_server.model.train import TrainConfig, train
 
     try:
         spectra = load_all(args.data, simulated=args.simulated)
         for extra in args.extra:
-            spectra = spectra + read_generic_csv(extra)
+            spectra = spectra + read_spectra_arg(extra, args)
     except (DataNotFoundError, EisDataError) as exc:
         log.error("cannot read training data", error=str(exc))
         return 2
@@ -205,7 +206,7 @@ def _outside_trained_range(
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from hil_server.eis_data import EisDataError, SpectrumSet, read_generic_csv
+    from hil_server.eis_data import EisDataError, SpectrumSet
     from hil_server.model.calibrate import (
         CalibrationInputError,
         calibrate_cell,
@@ -235,7 +236,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 f"profile {args.name!r} exists ({target}); pass --replace to overwrite it"
             )
         _check_writable_dir(folder)
-        spectra = read_generic_csv(args.spectra)
+        spectra = read_spectra_arg(args.spectra, args)
     except (ModelLoadError, EisDataError, CalibrationInputError, OSError) as exc:
         log.error("calibrate", error=str(exc))
         return 2
@@ -302,6 +303,7 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
         action="store_true",
         help="add the PyBaMM-simulated LG M50 source (profile lgm50_pybamm)",
     )
+    add_point_arguments(train)
 
 
 def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
@@ -348,6 +350,7 @@ def add_calibrate_arguments(cal: argparse.ArgumentParser) -> None:
     cal.add_argument("--name", required=True, help="name of the new profile")
     cal.add_argument("--replace", action="store_true", help="overwrite an existing profile of that name")
     cal.add_argument("--force", action="store_true", help="accept |Z| far from the profile (e.g. mOhm check)")
+    add_point_arguments(cal)
 
 
 def add_export_tflite_arguments(exp: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 import protocol as p
-from hil_server.cli._common import add_secret_args, cell_index, read_secret
+from hil_server.cli._common import ScenarioStartError, add_source_args, read_secret, start_scenario
 from hil_server.transport.serial.bridge import (
     EXIT_OK,
     EXIT_PORT_GONE,
@@ -28,31 +28,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"--server {text!r}: expected HOST:PORT, e.g. 127.0.0.1:7700")
-    return host or "127.0.0.1", int(port)
-
-
 def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--port", required=True, help="serial device (/dev/ttyUSB0) or pyserial URL (loop://)")
     sp.add_argument("--baud", type=int, default=921600, help="line rate, 8N1 (default 921600)")
-    src = sp.add_mutually_exclusive_group(required=True)
-    src.add_argument("--server", type=_host_port, metavar="HOST:PORT", help="a running eis-hil server")
-    src.add_argument("--scenario", metavar="FILE", help="run this scenario in-process")
-    sp.add_argument(
-        "--speed",
-        type=float,
-        default=1.0,
-        help="with --scenario: simulation speed (0: as fast as the line carries); with --server: the "
-        "server's speed, for the line budget (default 1)",
-    )
-    sp.add_argument("--seed", type=int, help="with --scenario: seed (default: the scenario's)")
-    sp.add_argument("--cells", type=cell_index, nargs="+", help="cells to serve (default: all)")
+    add_source_args(sp, "line")  # --server or --scenario, --speed, --seed, --cells, the secret
     sp.add_argument("--divider", type=int, default=1, help="send every n-th step's states (default 1)")
     sp.add_argument("--format", choices=[f.value for f in OutputFormat], default="protocol")
-    add_secret_args(sp)  # for an upstream server that requires it
     sp.add_argument("--name", default="serial-bridge", help="client name upstream")
     sp.add_argument(
         "--eis-interval",
@@ -75,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return run_loop(_main(args))
-    except BridgeError as exc:
+    except (BridgeError, ScenarioStartError) as exc:
         log.error("serial-bridge", error=str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C while the model loads, before the signal handlers are installed
@@ -98,7 +79,9 @@ async def _main(args: argparse.Namespace, opener: Opener = open_serial) -> int:
     sweep = False
     speed = args.speed
     if args.scenario:
-        server, eis_interval, sweep = await _start_scenario(args, secret)
+        server = await start_scenario(args, secret)
+        eis = server.engine.scenario.eis
+        eis_interval, sweep = eis.interval_s, eis.mode == "sweep"
         host, port = "127.0.0.1", server.port
     else:
         if speed <= 0:
@@ -149,22 +132,3 @@ async def _main(args: argparse.Namespace, opener: Opener = open_serial) -> int:
     finally:
         if server is not None:
             await server.stop("serial bridge stopping")
-
-
-async def _start_scenario(
-    args: argparse.Namespace, secret: bytes | None
-) -> tuple[HilServer, float | None, bool]:
-    from hil_server.app import start_server
-    from hil_server.model.store import ModelLoadError
-    from hil_server.scenario import ScenarioError
-
-    try:
-        server = await start_server(
-            args.scenario, seed=args.seed, host="127.0.0.1", port=0, speed=max(args.speed, 0.0), secret=secret
-        )
-    except ScenarioError as exc:
-        raise BridgeError(f"scenario {args.scenario}: " + "; ".join(str(i) for i in exc.errors)) from exc
-    except (ModelLoadError, OSError, ValueError) as exc:
-        raise BridgeError(f"scenario {args.scenario}: {exc}") from exc
-    eis = server.engine.scenario.eis
-    return server, eis.interval_s, eis.mode == "sweep"

@@ -291,7 +291,7 @@ class _Builder:
         file = self._beside(m["file"], "eis.measured.file", ref, "measured spectra")
         if file is None:
             return None
-        from hil_server.eis_data import EisDataError, read_generic_csv
+        from hil_server.eis_data import EisDataError, read_spectra_file
 
         try:
             size = file.stat().st_size if file.is_file() else 0
@@ -300,7 +300,7 @@ class _Builder:
                     m["file"], "eis.measured.file", f"{file}: {size} bytes, more than {MAX_MEASURED_BYTES}"
                 )
                 return None
-            spectra = tuple(read_generic_csv(file, source="measured"))
+            spectra = tuple(read_spectra_file(file, source="measured"))
         except (UnicodeDecodeError, csv.Error) as exc:
             r.error(m["file"], "eis.measured.file", f"{file}: not a UTF-8 CSV file ({exc})")
             return None
