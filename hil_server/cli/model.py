@@ -218,7 +218,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from hil_server.model.profiles import NAME_RE, Profile, profiles_dir, save_calibrated
     from hil_server.model.store import ModelLoadError, load_keras_model, read_metadata
 
-    # Everything that can be refused is refused before the fit (and before TensorFlow loads).
+    # Everything that can be refused is refused before the fit; all but the mOhm check (which compares with
+    # the model's typical cell) also before TensorFlow loads.
     try:
         meta = read_metadata(_model_dir(args))
         index = meta.profile_index(args.profile)
@@ -242,25 +243,41 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return 2
     relabelled = SpectrumSet.of(dataclasses.replace(s, profile=args.profile) for s in spectra)
     data = to_arrays(relabelled, meta.profiles, {})
-    ids = [s.cell_id.rsplit("/", 1)[-1] if s.cycle is None else str(s.cycle) for s in relabelled]
+    ids = [
+        s.origin.rsplit("spectrum_id=", 1)[-1] if "spectrum_id=" in s.origin else s.cell_id
+        for s in relabelled
+    ]
     try:
+        if not len(spectra):
+            raise CalibrationInputError(f"{args.spectra}: no spectra")
+        if len(spectra.cells()) > 1:
+            raise CalibrationInputError(
+                f"{args.spectra}: spectra of {len(spectra.cells())} cells ({', '.join(spectra.cells()[:3])}"
+                f"{', ...' if len(spectra.cells()) > 3 else ''}); calibrate one cell per file"
+            )
+        # what needs no model first (points, Re > 0, the Im sign), then the mOhm check against the model
+        check_calibration_input(data, str(args.spectra), ids, None, force=args.force)
         model, _ = load_keras_model(_model_dir(args))
         check_calibration_input(data, str(args.spectra), ids, predict(model, data), force=args.force)
     except (ModelLoadError, CalibrationInputError) as exc:
         log.error("calibrate", error=str(exc))
         return 2
     report = calibrate_cell(model, data)
-    target = save_calibrated(
-        Profile(
-            args.name,
-            meta.profiles[index],
-            tuple(float(x) for x in report.fit.offset),
-            meta.model_sha256,
-            str(args.spectra),
-            None if report.fit.rate is None else tuple(float(x) for x in report.fit.rate),
-        ),
-        folder,
-    )
+    try:
+        target = save_calibrated(
+            Profile(
+                args.name,
+                meta.profiles[index],
+                tuple(float(x) for x in report.fit.offset),
+                meta.model_sha256,
+                str(args.spectra),
+                None if report.fit.rate is None else tuple(float(x) for x in report.fit.rate),
+            ),
+            folder,
+        )
+    except OSError as exc:
+        log.error("calibrate", error=f"{folder}: cannot write the profile ({exc.strerror})")
+        return 2
     _write(
         f"profile {args.name} (base {args.profile})\n{format_report(report, len(spectra))}\n"
         f"written to {target}; use it anywhere a profile name is accepted\n"

@@ -656,6 +656,7 @@ def _truncate_and_rehash(model: Path) -> None:
     _rehash(model)
 
 
+_BUNDLED_CELLS = json.loads((BUNDLED_MODEL_DIR / "metadata.json").read_text(encoding="utf-8"))["cells"]
 MODEL_CASES: list[tuple[str, Callable[[Path], object], str, str]] = [
     # (id, how to break the copy, file the message names, what it must say)
     ("missing_directory", shutil.rmtree, "metadata.json", "missing (a model directory holds"),
@@ -683,7 +684,7 @@ MODEL_CASES: list[tuple[str, Callable[[Path], object], str, str]] = [
         "metadata_lists_fewer_profiles",
         lambda m: _edit_metadata(m, lambda d: d.__setitem__("profiles", ["zhang2020"])),
         "model.keras",
-        "expected (4, 64) for 1 profiles and 20 cells",
+        f"expected (4, 64) for 1 profiles and {len(_BUNDLED_CELLS)} cells",
     ),
     (
         "metadata_lists_other_cells",
