@@ -381,3 +381,33 @@ def test_evaluate_cv_through_the_cli(
         result["cv"]["folds"][0] + result["cv"]["folds"][1]
     )
     assert set(result["monotonicity"]) >= {"series_resistance_colder", "abs_z_0p1hz_older"}
+
+
+def test_keras_never_uses_the_typical_cells_row_of_the_offset_table() -> None:
+    """pinn.ParamNet masks row 0: whatever it holds, cell 0 is offset 0, as in the numpy runtime."""
+    from hil_server.model.calibrate import predict
+    from hil_server.model.dataset import Arrays
+    from hil_server.model.store import load_keras_model
+
+    model, _meta = load_keras_model(BUNDLED_MODEL_DIR)
+    table = model.get_layer("param_net").latent.embeddings
+    rows = np.asarray(table.numpy()).copy()
+    rows[0] = 0.5  # a typical-cell row far from zero, as the previous bundled model had
+    table.assign(rows)
+    freq = np.geomspace(1e4, 0.1, 20).astype(np.float32)[None, :]
+    a = Arrays(
+        profile=np.array([0], np.int32),
+        cell=np.array([0], np.int32),
+        op=np.array([[0.5, 10.0, 0.9]], np.float32),
+        freq_hz=freq,
+        z_re=np.zeros_like(freq),
+        z_im=np.zeros_like(freq),
+        mask=np.ones_like(freq),
+        source=("x",),
+        cell_id=("x",),
+    )
+    typical = predict(model, a)
+    zero = predict(model, a, np.zeros(N_PARAMS))
+    np.testing.assert_array_equal(typical[0], zero[0])
+    numpy_z = NumpyPinn.load(BUNDLED_MODEL_DIR).impedance(0, a.op, freq[0])
+    np.testing.assert_allclose(typical[0][0], numpy_z[0].real, rtol=1e-5)
