@@ -36,14 +36,8 @@ import keras
 from keras import ops
 
 from .circuit import N_PARAMS, P
+from .constants import ARRHENIUS, GAPS, KELVIN, LOG_MAX, LOG_MIN, T_REF_K
 from .physics import CircuitLayer
-
-T_REF_K = 298.15
-KELVIN = 273.15
-LOG_MIN, LOG_MAX = -25.0, 12.0
-ARRHENIUS = (P.R0, P.R1, P.R2, P.R_W, P.TAU1)
-"""Parameters with their own activation energy, in this order in the activation table."""
-GAPS = (P.TAU2, P.TAU_W)
 
 
 def inverse_temperature(temp_c: Any) -> Any:

@@ -1,14 +1,13 @@
 """Inference without TensorFlow: the PINN's weights evaluated in numpy, the circuit vectorised over cells and
 frequencies.
 
-The ``.keras`` file stays the source of truth. Its weights are read once (``model.weights.h5`` inside the
-archive, with h5py, still without TensorFlow) and cached as an ``.npz`` named after the archive's sha256, so a
-warm start is numpy only: importing TensorFlow costs seconds and a streaming server must not pay for it. A
-cache whose recorded hash, format or shapes do not match is refused and rebuilt from the archive. Nothing is
-fixed but the ParamNet layout: the number of profiles, cells and hidden units come from the weights.
+The ``.keras`` file stays the source of truth; ``weights.py`` reads its weights with h5py and caches them as
+an ``.npz``, so a warm start is numpy only: importing TensorFlow costs seconds and a streaming server must not
+pay for it. Nothing is fixed but the ParamNet layout: the number of profiles, cells and hidden units come from
+the weights.
 
 The arithmetic mirrors ``pinn.ParamNet`` and ``physics.CircuitLayer`` (parity-tested against the Keras model
-on random inputs across the whole input range), with constants folded ahead of time:
+on random inputs across the whole input range), with constants folded ahead of time (``_fold.py``):
 - the one-hot profile input and the first bias become a per-profile row of the first layer,
   ``(temp_c - 25) / 20`` is folded into the first kernel, so layer 1 is one matmul on ``op`` as given;
 - the output bias and the per-profile bias become one per-profile row;
@@ -29,11 +28,7 @@ and division, 15-35 and 5 ns a value against 0.1-0.4 ns for real float32 passes,
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import math
-import os
-import zipfile
 from pathlib import Path
 from typing import Any, Final
 
@@ -41,299 +36,18 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from .circuit import N_PARAMS, SMALL_S, P
+from ._fold import fold, matmul, softplus, softplus1
+from .circuit import SMALL_S, P
+from .constants import KELVIN, LOG_MAX, LOG_MIN, T_REF_K
 from .store import BUNDLED_MODEL_DIR, ModelLoadError, ModelMetadata, read_metadata
+from .weights import Weights, check_shapes, load_weights
 
 log = structlog.get_logger(__name__)
-
-CACHE_FORMAT: Final = 1
-"""Bump when the cached arrays change meaning: older caches are then refused and rebuilt."""
-CACHE_ENV: Final = "EIS_HIL_CACHE_DIR"
-
-# Mirrors pinn.py. Duplicated rather than imported because pinn.py imports Keras; a test checks they agree.
-T_REF_K: Final = 298.15
-KELVIN: Final = 273.15
-LOG_MIN: Final = -25.0
-LOG_MAX: Final = 12.0
-ARRHENIUS: Final = (P.R0, P.R1, P.R2, P.R_W, P.TAU1)
-GAPS: Final = (P.TAU2, P.TAU_W)
 
 MIN_TEMP_C: Final = -273.0
 """Operating points at or below this are refused (1/T would divide by zero or change sign)."""
 
-_WEIGHT_NAMES: Final = (
-    "latent",
-    "h1_kernel",
-    "h1_bias",
-    "h2_kernel",
-    "h2_bias",
-    "out_kernel",
-    "out_bias",
-    "profile_bias",
-    "activation_raw",
-    "gap_temp",
-)
-_H5_PATHS: Final = {
-    "latent": "layers/param_net/latent/vars/0",
-    "h1_kernel": "layers/param_net/h1/vars/0",
-    "h1_bias": "layers/param_net/h1/vars/1",
-    "h2_kernel": "layers/param_net/h2/vars/0",
-    "h2_bias": "layers/param_net/h2/vars/1",
-    "out_kernel": "layers/param_net/out/vars/0",
-    "out_bias": "layers/param_net/out/vars/1",
-    # ParamNet.build creates its own weights in this order
-    "profile_bias": "layers/param_net/vars/0",
-    "activation_raw": "layers/param_net/vars/1",
-    "gap_temp": "layers/param_net/vars/2",
-}
-
 F32 = npt.NDArray[np.float32]
-Weights = dict[str, npt.NDArray[np.float32]]
-
-
-def default_cache_dir() -> Path:
-    """``$EIS_HIL_CACHE_DIR``, else ``$XDG_CACHE_HOME/eis-hil``, else ``~/.cache/eis-hil``."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "eis-hil"
-
-
-def cache_path(model_sha256: str, cache_dir: Path | None = None) -> Path:
-    return (cache_dir or default_cache_dir()) / f"numpy-pinn-{model_sha256}.npz"
-
-
-def _expected_shapes(n_profiles: int, n_cells: int, hidden: int) -> dict[str, tuple[int, ...]]:
-    return {
-        "latent": (n_cells + 1, N_PARAMS),
-        "h1_kernel": (n_profiles + 3, hidden),
-        "h1_bias": (hidden,),
-        "h2_kernel": (hidden, hidden),
-        "h2_bias": (hidden,),
-        "out_kernel": (hidden, N_PARAMS),
-        "out_bias": (N_PARAMS,),
-        "profile_bias": (n_profiles, N_PARAMS),
-        "activation_raw": (n_profiles, len(ARRHENIUS)),
-        "gap_temp": (n_profiles, len(GAPS)),
-    }
-
-
-def _check_shapes(weights: Weights, n_profiles: int, n_cells: int, where: Path) -> str | None:
-    """None if the weights fit a model with these profiles and cells, else why not."""
-    missing = [name for name in _WEIGHT_NAMES if name not in weights]
-    if missing:
-        return f"missing arrays {', '.join(missing)}"
-    hidden = weights["h1_bias"].shape[0]
-    for name, shape in _expected_shapes(n_profiles, n_cells, hidden).items():
-        if weights[name].shape != shape:
-            return (
-                f"{name} has shape {weights[name].shape}, expected {shape} "
-                f"for {n_profiles} profiles and {n_cells} cells"
-            )
-    if not all(np.isfinite(w).all() for w in weights.values()):
-        return "non-finite weights"
-    return None
-
-
-def read_keras_weights(keras_path: Path) -> Weights:
-    """ParamNet's weights from a ``.keras`` archive, with h5py only (no TensorFlow)."""
-    try:
-        import h5py
-    except ImportError as exc:  # h5py comes with Keras; without it only the Keras route would remain
-        raise ModelLoadError(f"{keras_path}: reading the weights needs h5py ({exc})") from None
-    try:
-        with zipfile.ZipFile(keras_path) as archive:
-            config = json.loads(archive.read("config.json"))
-            blob = archive.read("model.weights.h5")
-    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{keras_path}: not a Keras archive ({type(exc).__name__}: {exc})") from None
-    layers = {layer.get("name"): layer for layer in config.get("config", {}).get("layers", [])}
-    net = layers.get("param_net", {}).get("config")
-    if not isinstance(net, dict) or "n_profiles" not in net:
-        raise ModelLoadError(f"{keras_path}: config.json has no param_net layer (not an eis-hil PINN)")
-    weights: Weights = {}
-    try:
-        with h5py.File(io.BytesIO(blob), "r") as h5:
-            for name, path in _H5_PATHS.items():
-                weights[name] = np.asarray(h5[path], dtype=np.float32)
-    except (OSError, KeyError, ValueError) as exc:
-        raise ModelLoadError(
-            f"{keras_path}: model.weights.h5 unreadable or missing a ParamNet weight ({exc})"
-        ) from None
-    problem = _check_shapes(weights, int(net["n_profiles"]), int(net["n_cells"]), keras_path)
-    if problem:
-        raise ModelLoadError(f"{keras_path}: model.weights.h5: {problem}")
-    return weights
-
-
-def _read_cache(path: Path, meta: ModelMetadata) -> Weights:
-    """The cached weights, or ModelLoadError saying why the cache file cannot be used."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path}: no cache yet") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise ModelLoadError(f"{path}: corrupt weight cache ({type(exc).__name__}: {exc})") from None
-    recorded = str(arrays.pop("model_sha256", ""))
-    if recorded != meta.model_sha256:
-        raise ModelLoadError(
-            f"{path}: stale weight cache, made from a model with sha256 {recorded[:12] or '?'}.., "
-            f"not {meta.path.name} ({meta.model_sha256[:12]}..)"
-        )
-    fmt = arrays.pop("format", None)
-    if fmt is None or int(fmt) != CACHE_FORMAT:
-        raise ModelLoadError(f"{path}: weight cache format {fmt}, this version reads {CACHE_FORMAT}")
-    weights = {name: np.asarray(a, np.float32) for name, a in arrays.items()}
-    problem = _check_shapes(weights, len(meta.profiles), len(meta.cells), path)
-    if problem:
-        raise ModelLoadError(f"{path}: corrupt weight cache: {problem}")
-    return weights
-
-
-def _write_cache(path: Path, weights: Weights, meta: ModelMetadata) -> None:
-    """Atomically, so that concurrent servers never read a half-written cache."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with tmp.open("wb") as fh:
-            arrays: dict[str, npt.NDArray[Any]] = {
-                "model_sha256": np.array(meta.model_sha256),
-                "format": np.array(CACHE_FORMAT),
-                **weights,
-            }
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
-    except OSError as exc:
-        # A read-only cache only costs the h5 read on the next start, so it is not worth failing over.
-        log.warning("weight cache not written", path=str(path), error=str(exc))
-
-
-def load_weights(
-    meta: ModelMetadata, *, cache_dir: Path | None = None, rebuild: bool = True
-) -> tuple[Weights, str]:
-    """ParamNet's weights for ``meta`` and where they came from ("cache" or "keras").
-
-    ``rebuild=False`` turns a missing, stale or corrupt cache into a ModelLoadError instead of re-reading the
-    archive (for deployments that want the warm path or nothing)."""
-    path = cache_path(meta.model_sha256, cache_dir)
-    try:
-        return _read_cache(path, meta), "cache"
-    except ModelLoadError as exc:
-        if not rebuild:
-            raise
-        if path.exists():
-            log.warning("weight cache refused, rebuilding from the model", reason=str(exc))
-    weights = read_keras_weights(meta.path)
-    _write_cache(path, weights, meta)
-    return weights, "keras"
-
-
-def _softplus(x: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """log(1 + e^x) = max(x, 0) + log1p(e^-|x|), no overflow (np.logaddexp is ~10x slower: not SIMD)."""
-    out: npt.NDArray[Any] = np.log1p(np.exp(-np.abs(x)))
-    out += np.maximum(x, 0.0)
-    return out
-
-
-BLAS_SERIAL_MNK: Final = 65536 * 4
-"""OpenBLAS splits a GEMM over threads above m * n * k = 65536 * GEMM_MULTITHREAD_THRESHOLD (4 by default).
-On a loaded 2-core machine its threads wait for a core: a 1024 x 64 x 64 product measured 0.1 ms alone and
-5-30 ms while other processes ran. ``_matmul`` keeps every GEMM under that size (one call on a stack of
-row blocks), so the runtime never starts BLAS threads."""
-
-
-def _matmul(x: npt.NDArray[Any], w: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    n, k = x.shape
-    m = w.shape[1]
-    rows = max(1, BLAS_SERIAL_MNK // (k * m))
-    if n <= rows:
-        small: npt.NDArray[Any] = x @ w
-        return small
-    out = np.empty((n, m), np.result_type(x, w))
-    bulk = n - n % rows
-    np.matmul(x[:bulk].reshape(-1, rows, k), w, out=out[:bulk].reshape(-1, rows, m))
-    if bulk < n:
-        np.matmul(x[bulk:], w, out=out[bulk:])
-    return out
-
-
-def _softplus1(x: float) -> float:
-    return x + math.log1p(math.exp(-x)) if x > 0.0 else math.log1p(math.exp(x))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Folded:
-    """Weights rearranged for batches (see the module docstring), in the runtime's dtype."""
-
-    w1_op: npt.NDArray[Any]
-    """(3, H): rows for soc, temp_c, soh in the order of ``op``; the temperature row already divided by 20."""
-    base1: npt.NDArray[Any]
-    """(n_profiles, H): one-hot row + first bias - 25/20 * temperature row."""
-    offsets: npt.NDArray[Any]
-    """(n_cells + 1, N_PARAMS): each cell's log-offsets, added to the network's output."""
-    w2: npt.NDArray[Any]
-    b2: npt.NDArray[Any]
-    w3: npt.NDArray[Any]
-    base3: npt.NDArray[Any]
-    """(n_profiles, N_PARAMS): output bias + profile bias."""
-    temp_coef: npt.NDArray[Any]
-    """(n_profiles, N_PARAMS) float64: what multiplies 1/T - 1/T_ref, per column: Ea/R_gas (K) in the
-    Arrhenius columns, 1000 gap_temp in the two gap columns (disjoint sets, so one row serves both)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class _PointWeights:
-    """The same weights for the single-point path, float64, with the biases as an extra input row: layer k
-    is one ``np.dot`` of ``[x, 1]``. Each hidden matrix has one extra output column, set to 1 after the
-    tanh, which feeds the next layer's bias row."""
-
-    w1: list[npt.NDArray[np.float64]]
-    """Per profile (4, H + 1): rows soc, temp_c, soh, then base1[profile]."""
-    w2: npt.NDArray[np.float64]
-    """(H + 1, H + 1): h2 kernel, then its bias row."""
-    w3: list[npt.NDArray[np.float64]]
-    """Per profile (H + 1, N_PARAMS): output kernel, then base3[profile]."""
-    offsets: list[list[float]]
-    temp_coef: list[list[float]]
-
-
-def _fold(w: Weights, dtype: type[np.floating[Any]]) -> tuple[_Folded, _PointWeights]:
-    n_profiles = w["profile_bias"].shape[0]
-    k1 = w["h1_kernel"].astype(np.float64)
-    soc_row, soh_row, t_row = k1[n_profiles], k1[n_profiles + 1], k1[n_profiles + 2]
-    temp_coef = np.zeros((n_profiles, N_PARAMS))
-    # rounded to float32 like the Keras graph's 1000 * softplus(activation_raw)
-    temp_coef[:, list(ARRHENIUS)] = np.float32(1000.0) * _softplus(w["activation_raw"])
-    temp_coef[:, list(GAPS)] = w["gap_temp"].astype(np.float64) * 1000.0
-    cast = {
-        "w1_op": np.stack([soc_row, t_row / 20.0, soh_row]),
-        "base1": k1[:n_profiles] + w["h1_bias"] - 1.25 * t_row,
-        "offsets": w["latent"],
-        "w2": w["h2_kernel"],
-        "b2": w["h2_bias"],
-        "w3": w["out_kernel"],
-        "base3": w["out_bias"].astype(np.float64) + w["profile_bias"],
-    }
-    folded = _Folded(
-        **{k: np.ascontiguousarray(v, dtype=dtype) for k, v in cast.items()}, temp_coef=temp_coef
-    )
-
-    def bias_row(kernel: npt.ArrayLike, bias: npt.ArrayLike, extra_column: bool) -> npt.NDArray[np.float64]:
-        out = np.vstack([kernel, bias]).astype(np.float64)
-        if extra_column:
-            out = np.hstack([out, np.zeros((len(out), 1))])
-        return np.ascontiguousarray(out)
-
-    point = _PointWeights(
-        w1=[bias_row(cast["w1_op"], cast["base1"][p], True) for p in range(n_profiles)],
-        w2=bias_row(cast["w2"], cast["b2"], True),
-        w3=[bias_row(cast["w3"], cast["base3"][p], False) for p in range(n_profiles)],
-        offsets=w["latent"].astype(np.float64).tolist(),
-        temp_coef=temp_coef.tolist(),
-    )
-    return folded, point
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,7 +111,7 @@ class NumpyPinn:
     def __init__(
         self, weights: Weights, meta: ModelMetadata, dtype: type[np.floating[Any]] = np.float32
     ) -> None:
-        problem = _check_shapes(weights, len(meta.profiles), len(meta.cells), meta.path)
+        problem = check_shapes(weights, len(meta.profiles), len(meta.cells), meta.path)
         if problem:
             raise ModelLoadError(f"{meta.path}: {problem}")
         self.meta = meta
@@ -409,7 +123,7 @@ class NumpyPinn:
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
         self.complex_dtype = np.result_type(self.dtype, np.complex64)
         self._f32 = self.dtype == np.float32
-        self._w, self._pw = _fold(weights, dtype)
+        self._w, self._pw = fold(weights, dtype)
         self._n_profiles = len(self.profiles)
         self._n_cells = len(self.cells)
         self._one = self.dtype.type(1.0)
@@ -578,8 +292,8 @@ class NumpyPinn:
         tc = pw.temp_coef[prof]
         lo, hi = LOG_MIN, LOG_MAX
         c = [(lo if r < lo else hi if r > hi else r) + k * inv_t for r, k in zip(raw, tc, strict=True)]
-        c[P.TAU2] = c[P.TAU1] + _softplus1(raw[P.TAU2] + tc[P.TAU2] * inv_t)
-        c[P.TAU_W] = c[P.TAU2] + _softplus1(raw[P.TAU_W] + tc[P.TAU_W] * inv_t)
+        c[P.TAU2] = c[P.TAU1] + softplus1(raw[P.TAU2] + tc[P.TAU2] * inv_t)
+        c[P.TAU_W] = c[P.TAU2] + softplus1(raw[P.TAU_W] + tc[P.TAU_W] * inv_t)
         lp = [lo if v < lo else hi if v > hi else v for v in c]
         # a = 0.5 + 0.5 sigmoid(x) = 0.75 + 0.25 tanh(x/2); phi = 0.3 + 0.2 sigmoid(x) = 0.4 + 0.1 tanh(x/2)
         lp[P.A1] = 0.75 + 0.25 * math.tanh(0.5 * raw[P.A1])
@@ -651,13 +365,13 @@ class NumpyPinn:
             raise ValueError(f"op must be finite with temp_c above {MIN_TEMP_C} C")
         prof = self._check_index(profile, self._n_profiles, "profile")
         w = self._w
-        pre = _matmul(ops, w.w1_op)
+        pre = matmul(ops, w.w1_op)
         pre += w.base1[prof]
         h = np.tanh(pre, out=pre)
-        h = _matmul(h, w.w2)
+        h = matmul(h, w.w2)
         h += w.b2
         np.tanh(h, out=h)
-        raw_t = _matmul(h, w.w3)
+        raw_t = matmul(h, w.w3)
         raw_t += w.base3[prof]
         if latent is not None:
             if cell is not None:
@@ -683,7 +397,7 @@ class NumpyPinn:
         logp: npt.NDArray[np.float64] = np.clip(raw, LOG_MIN, LOG_MAX)
         logp += temp_term
         gaps = raw[:, P.TAU2 :: 3] + temp_term[:, P.TAU2 :: 3]  # TAU2, TAU_W: columns 7, 10
-        gaps = np.cumsum(_softplus(gaps), axis=1)
+        gaps = np.cumsum(softplus(gaps), axis=1)
         logp[:, P.TAU2 :: 3] = logp[:, P.TAU1, None] + gaps
         np.clip(logp, LOG_MIN, LOG_MAX, out=logp)
         # A1, A2, PHI_W are columns 5, 8, 11. sigmoid(x) = (1 + tanh(x/2))/2 cannot overflow.

@@ -9,13 +9,13 @@ import numpy as np
 import numpy.typing as npt
 
 from hil_server.model.circuit import N_PARAMS, P
+from hil_server.model.constants import KELVIN, T_REF_K
 from hil_server.model.profiles import cell_latent
 
 from .profiles import PROFILES, CellProfile, OperatingRange
 
 F64 = npt.NDArray[np.float64]
 GAS_CONSTANT_J_PER_MOL_K = 8.314462618
-T_REF_K = 298.15
 
 
 @runtime_checkable
@@ -59,7 +59,7 @@ class FixedCircuitSource:
         n = np.shape(soc)[0]
         out = np.empty((n, N_PARAMS))
         out[:] = prof.params_25c
-        inv_t = 1.0 / (np.asarray(temp_c) + 273.15) - 1.0 / T_REF_K
+        inv_t = 1.0 / (np.asarray(temp_c) + KELVIN) - 1.0 / T_REF_K
         ea0, ea1, ea2, eaw = prof.activation_j_per_mol
         k = 1.0 / GAS_CONSTANT_J_PER_MOL_K
         aged = 1.0 + 2.0 * (1.0 - soh)

@@ -15,8 +15,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from hil_server.model.runtime import NumpyPinn, cache_path, load_weights
+from hil_server.model.runtime import NumpyPinn
 from hil_server.model.store import BUNDLED_MODEL_DIR, ModelLoadError, read_metadata
+from hil_server.model.weights import cache_path, load_weights
 
 TOLERANCE = 1e-5
 """Max relative difference |Z_numpy - Z_keras| / |Z_keras| allowed, the issue's target in float32."""
@@ -59,15 +60,6 @@ def keras_model(trained_model: Path) -> Any:
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
-
-
-def test_constants_match_pinn() -> None:
-    from hil_server.model import pinn, runtime
-
-    assert (runtime.T_REF_K, runtime.KELVIN) == (pinn.T_REF_K, pinn.KELVIN)
-    assert (runtime.LOG_MIN, runtime.LOG_MAX) == (pinn.LOG_MIN, pinn.LOG_MAX)
-    assert runtime.ARRHENIUS == pinn.ARRHENIUS
-    assert runtime.GAPS == pinn.GAPS
 
 
 # 4 points x 60 frequencies takes the small-batch branch (complex exp), 1500 points the large one
@@ -301,7 +293,7 @@ def _random_log_params(rng: np.random.Generator, n: int) -> npt.NDArray[np.float
     """Log-parameters over the whole clipped range (exponents in the A1, A2, PHI_W columns), with a third of
     the Warburg time constants tiny enough for |s| < SMALL_S at low frequency."""
     from hil_server.model.circuit import P
-    from hil_server.model.runtime import LOG_MAX, LOG_MIN
+    from hil_server.model.constants import LOG_MAX, LOG_MIN
 
     lp = rng.uniform(LOG_MIN, LOG_MAX, (n, 12))
     lp[:, [P.R0, P.R_L, P.R1, P.R2, P.R_W]] = rng.uniform(-8, 3, (n, 5))
@@ -347,7 +339,8 @@ def test_circuit_paths_match_the_reference_circuit(
 
 
 def test_matmul_never_exceeds_the_serial_blas_size() -> None:
-    from hil_server.model.runtime import BLAS_SERIAL_MNK, _matmul
+    from hil_server.model._fold import BLAS_SERIAL_MNK
+    from hil_server.model._fold import matmul as _matmul
 
     rng = np.random.default_rng(0)
     for n, k, m in [(1, 3, 64), (63, 64, 64), (64, 64, 64), (65, 64, 64), (1000, 64, 12), (4097, 3, 64)]:
