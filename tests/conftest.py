@@ -24,8 +24,8 @@ def _no_server_left_running(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     stopped: list[HilServer] = []
     start, stop = HilServer.start, HilServer.stop
 
-    async def counted_start(self: HilServer) -> None:
-        await start(self)
+    async def counted_start(self: HilServer, *, listen: bool = True) -> None:
+        await start(self, listen=listen)
         running.append(self)
 
     async def counted_stop(self: HilServer, reason: str = "server shutting down") -> None:
