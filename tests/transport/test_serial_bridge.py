@@ -28,7 +28,7 @@ from hil_server.testing import start_server
 from hil_server.transport.serial import ad5940
 from hil_server.transport.serial.bridge import SerialBridge
 from hil_server.transport.serial.budget import OutputFormat, StreamSpec, plan_budget, states_bytes
-from hil_server.transport.serial.line import EXIT_PORT_GONE, BridgeConfig, SerialLine
+from hil_server.transport.serial.line import EXIT_PORT_GONE, EXIT_UPSTREAM, BridgeConfig, SerialLine
 from hil_server.transport.serial.line_pacer import LinePacer
 from hil_server.transport.serial.port import ftdi_latency_timer, open_serial
 from hil_server.transport.serial.served import SerialTransport
@@ -481,6 +481,24 @@ async def test_stream_faults_reach_the_line_of_a_served_port(tmp_path: Path) -> 
     assert dev.gaps  # frames dropped on purpose
     assert sum(e.kind is p.DecodeErrorKind.BAD_CRC for e in dev.errors) > 10
     assert {p.FaultKind.DROP_FRAMES, p.FaultKind.CORRUPT_CRC} <= events  # ground truth never damaged
+
+
+@pytest.mark.asyncio
+async def test_a_served_port_ends_with_its_server() -> None:
+    """The server's ``stop()`` ends its serial transport as it ends its TCP sessions: BYE SHUTDOWN to the
+    device, the port detached before the server is gone, exit code 1 (the stream's source went away)."""
+    master, name = pty_pair()
+    config = BridgeConfig(port=name, baud=921600)
+    async with bridged(US06, config, speed=20.0, mode="served") as (server, line, task):
+        await port_open(line)
+        dev = Device(master)
+        await dev.handshake()
+        await server.stop("end of test")
+        bye = (await dev.next(p.Bye)).message
+        assert bye == p.Bye(p.ErrorCode.SHUTDOWN, "server stopped: end of test")
+        assert await asyncio.wait_for(task, 5) == EXIT_UPSTREAM
+        assert not server.sessions
+        dev.close()
 
 
 def test_cli_refuses_a_port_that_does_not_open(tmp_path: Path) -> None:
