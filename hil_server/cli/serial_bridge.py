@@ -1,4 +1,5 @@
-"""``eis-hil serial-bridge``: arguments and the run loop (the bridge: ``transport/serial/bridge.py``)."""
+"""``eis-hil serial-bridge``: arguments and the run loop. With ``--scenario`` the port is the server's own
+transport (``transport/serial/served.py``), with ``--server`` a client's bridge (``.../bridge.py``)."""
 
 from __future__ import annotations
 
