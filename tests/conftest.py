@@ -16,8 +16,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("EIS_HIL_CACHE_DIR", tempfile.mkdtemp(prefix="eis-hil-test-cache-"))
 
 
-LEAK_SETTLE_TURNS = 20
-"""Event-loop turns a task still finishing when its test returns gets before it counts as left open."""
+LEAK_GRACE_S = 0.5
+"""How long a task still finishing when its test returns (a close waiting for its socket, a thread's
+result) may take before it counts as left open. Only a leaking test waits it out."""
 
 
 def _pending_tasks(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
@@ -25,16 +26,17 @@ def _pending_tasks(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
 
 
 def _settle(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
-    """The tasks still pending after a few turns of ``loop``; those are cancelled (and awaited), so the
+    """The tasks of ``loop`` still pending after ``LEAK_GRACE_S``; those are cancelled (and awaited), so the
     next test does not inherit them."""
 
-    async def turns() -> None:
-        for _ in range(LEAK_SETTLE_TURNS):
-            if not [t for t in _pending_tasks(loop) if t is not asyncio.current_task()]:
+    async def grace() -> None:
+        deadline = loop.time() + LEAK_GRACE_S
+        while pending := [t for t in _pending_tasks(loop) if t is not asyncio.current_task()]:
+            if loop.time() >= deadline:
                 return
-            await asyncio.sleep(0)
+            await asyncio.wait(pending, timeout=deadline - loop.time())
 
-    loop.run_until_complete(turns())
+    loop.run_until_complete(grace())
     left = _pending_tasks(loop)
     for t in left:
         t.cancel()
