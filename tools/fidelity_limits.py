@@ -10,7 +10,10 @@ Default (no training, about a minute): per SOC of rashid2023's grid,
 - predictions from the other cells at the same (SOC, T), leaving the spectrum's own cell out: ``nearest cell``
   (the other cell nearest in SOH: what a lookup gets when a sibling cell exists), ``linear in SOH`` and
   ``kernel in SOH`` (smooth functions of SOH fitted per frequency), ``mean`` (ignores SOH);
-then the measured SOH dependence at SOC 0.05 and 0.2: |Z| at the lowest frequency per cell, ordered by SOH.
+then the measured SOH dependence at SOC 0.05 and 0.2: |Z| at the lowest frequency per cell, ordered by SOH;
+then for zhang2020 how far each cell's spectra move from its first one over its life (what one spectrum at
+the start of life leaves to be predicted): mean |Z| against the first, and the first spectrum used as the
+prediction of every later one of the same state.
 
 ``--train-fit KEY=VALUE ...`` trains the PINN on every rashid2023 cell with TrainConfig overrides and prints
 its fit to those same cells per SOC (under-fit vs constraint: compare w_monotonic=0 w_observable=0 with the
@@ -35,6 +38,7 @@ SOURCE = "rashid2023"
 EXPONENTS = (P.A1, P.A2, P.PHI_W)
 LOG_COLS = [int(i) for i in P if i not in EXPONENTS]
 KERNEL_WIDTH = 0.03
+AGING_SOH = (0.95, 0.9, 0.85, 0.8, 0.7, 0.6)
 
 
 def nrmse(pred: npt.NDArray[Any], meas: npt.NDArray[Any]) -> float:
@@ -133,6 +137,38 @@ def data_report(spectra: SpectrumSet, model_dir: Path) -> None:
             print(f"SOC {soc:.2f} {temp:4.0f} C  {values}")
 
 
+def aging_report(spectra: SpectrumSet) -> None:
+    """zhang2020: how much each cell's spectra change over its life, against its own first spectrum."""
+    print("zhang2020: mean |Z| against the cell's first spectrum of the same state, at SOH")
+    print(f"{'cell':18} {'SOC':>4}" + "".join(f"{t:>7.2f}" for t in AGING_SOH))
+    copy: dict[str, list[float]] = {}
+    for cell in spectra.cells():
+        for soc in (1.0, 0.0):
+            life = sorted(
+                (s for s in spectra.filter(cells=[cell]) if round(s.soc, 2) == soc), key=lambda s: -s.soh
+            )
+            if not life:
+                continue
+            first = life[0]
+            ratios = []
+            for target in AGING_SOH:
+                near = [s for s in life if abs(s.soh - target) < 0.02]
+                ratios.append(
+                    f"{np.mean(np.abs(near[0].z)) / np.mean(np.abs(first.z)):7.2f}" if near else "      -"
+                )
+            print(f"{cell:18} {soc:4.1f}" + "".join(ratios))
+            copy.setdefault(cell, []).extend(
+                nrmse(first.z, s.z) for s in life[1:] if s.soh >= 0.5 and s.z.shape == first.z.shape
+            )
+    print()
+    print("zhang2020: the cell's first spectrum of the same state as the prediction of the rest of its life")
+    print("(SOH >= 0.5; no model, no aging; median / p90 NRMSE)")
+    for cell, errs in copy.items():
+        print(f"{cell:18} {np.median(errs):7.2%} {np.quantile(errs, 0.9):7.2%} {len(errs):6d}")
+    every = [e for errs in copy.values() for e in errs]
+    print(f"{'all':18} {np.median(every):7.2%} {np.quantile(every, 0.9):7.2%} {len(every):6d}")
+
+
 def train_fit(spectra: SpectrumSet, overrides: list[str]) -> None:
     from hil_server.model.calibrate import predict
     from hil_server.model.dataset import nrmse as batch_nrmse
@@ -166,11 +202,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="data directory (default: as eis-hil train)")
     parser.add_argument("--train-fit", nargs="*", metavar="KEY=VALUE", default=None)
     args = parser.parse_args()
-    spectra = load_all(args.data).filter(source=SOURCE)
+    every = load_all(args.data)
+    spectra = every.filter(source=SOURCE)
     if args.train_fit is not None:
         train_fit(spectra, args.train_fit)
     else:
         data_report(spectra, args.model)
+        print()
+        aging_report(every.filter(source="zhang2020"))
 
 
 if __name__ == "__main__":
