@@ -17,7 +17,9 @@ import structlog
 from hil_server.model.circuit import P, impedance
 from hil_server.scenario import FAULT_PARAMS as SCENARIO_FAULT_PARAMS
 from hil_server.scenario import (
+    SIGNAL_UNIT,
     STREAM_KINDS,
+    UNIT_PARAM_PREFIX,
     Ambient,
     CcCvCharge,
     ConstantCurrent,
@@ -34,9 +36,7 @@ from hil_server.scenario import (
     Until,
     kind_name,
 )
-from hil_server.scenario._faults import SIGNAL_UNIT, UNIT_PARAM_PREFIX
-from protocol import CellFlags, FaultKind
-from protocol._constants import FaultPhase
+from protocol import CellFlags, FaultKind, FaultPhase
 
 from .cell import time_domain
 from .faults import MEASUREMENT_KINDS, FaultState, apply_impedance, apply_real

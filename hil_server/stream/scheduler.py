@@ -218,9 +218,11 @@ class StreamScheduler:
             self.streaming_changed.clear()
             waits = [asyncio.ensure_future(s.room.wait()) for s in streaming if not s.room.is_set()]
             waits.append(asyncio.ensure_future(self.streaming_changed.wait()))
-            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for w in pending:
-                w.cancel()
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when the loop is cancelled (server stop): no wait left pending
+                for w in waits:
+                    w.cancel()
 
     def _broadcast(self, tick: Tick, sessions: list[StreamingSession]) -> None:
         faults = tick.stream_faults
