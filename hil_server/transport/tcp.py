@@ -84,7 +84,7 @@ class Session(ServerSession, SendQueue):
         """EisMode the client asked for (0: the scenario's)."""
         self.transport = TransportFaults()
         self.cells: set[int] | None = None
-        self.last_rx = time.monotonic()
+        self.last_rx = self.opened = time.monotonic()
         self.control_tokens = cfg.control_rate_per_s
         self.control_refill = time.monotonic()
 
@@ -149,15 +149,15 @@ class Session(ServerSession, SendQueue):
                 return
 
     async def _stuck(self, stuck_s: float) -> None:
-        """Disconnect a client whose socket accepted nothing for ``stuck_s``: what is still queued is dropped,
-        BYE SLOW_CONSUMER goes right behind the bytes already buffered, and the peer gets another ``stuck_s``
-        to read up to it before the connection is cut (SPEC.md section 8)."""
+        """Disconnect a client whose socket accepted nothing for ``stuck_s``: the telemetry still queued is
+        dropped, BYE SLOW_CONSUMER goes right behind the bytes already buffered and the replies still queued,
+        and the peer gets another ``stuck_s`` to read up to it before the connection is cut (SPEC.md 8)."""
         self.log.warning("client stuck, disconnecting", stuck_s=stuck_s)
         self.closing = True
-        self.discard()
         message = f"socket accepted nothing for {stuck_s:g} s"
-        self.writer.write(self.encoder.encode(p.Bye(p.ErrorCode.SLOW_CONSUMER, message)))
-        self.frames_sent += 1
+        frames, data = self.last_words(p.Bye(p.ErrorCode.SLOW_CONSUMER, message))  # replies before the BYE
+        self.writer.write(data)
+        self.frames_sent += frames
         try:
             await asyncio.wait_for(self.writer.drain(), stuck_s)
         except (TimeoutError, ConnectionError, OSError):
@@ -225,7 +225,7 @@ class Session(ServerSession, SendQueue):
             return
         self.control_tokens -= 1
         try:
-            result = self.server.apply_control(msg)
+            result = self.server.apply_control(msg, self)
         except ControlRefusedError as exc:
             self.reply(p.Nak(seq, msg.command, exc.code, str(exc)[:DETAIL_MAX]))
             self.log.info("control refused", command=msg.command, reason=str(exc))
@@ -283,6 +283,7 @@ class HilServer(StreamScheduler, StreamControl):
         self.lateness_us: list[float] = []
         self._behind_logged = -math.inf
         self._gc_started = 0.0
+        self.fault_owners: dict[int, object] = {}
         self.tick_cost_s = 0.0
         """Wall time of one source tick, a moving average (what a SEEK's steps are estimated to cost)."""
         self.rx_bad = 0
