@@ -36,6 +36,12 @@ class StreamControl:
     def _reanchor(self) -> None:
         raise NotImplementedError
 
+    def fault_starts(self, session: object) -> list[p.FaultEvent]:
+        """What a session that has just subscribed to FAULT_EVENT is told first: a START for every fault
+        active that acts on it (SPEC.md 6.4: no cell is flagged without its fault's START)."""
+        owners = self.fault_owners
+        return [e for e in self.source.active_fault_events() if owners.get(e.fault_id, session) is session]
+
     def _cells(self, cell: int) -> list[int] | None:
         n = self.source.n_cells
         if cell == p.ALL_CELLS:

@@ -214,6 +214,10 @@ class ReplaySource:
         self._index = min(i, len(self._groups) - 1)
         self._time_us = min(time_us, self.next_time_us)
 
+    def active_fault_events(self) -> list[p.FaultEvent]:
+        """A replay sends the FAULT_EVENTs that were recorded, no more."""
+        return []
+
     def seek_cost(self, time_us: int) -> int:
         """A capture is indexed by time: seeking computes nothing."""
         return 0

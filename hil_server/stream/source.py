@@ -146,6 +146,11 @@ class Source(Protocol):
         """Carry out a command that acts on the simulation; raise ControlRefusedError if not possible."""
         ...
 
+    def active_fault_events(self) -> list[p.FaultEvent]:
+        """A START for every fault active as a client streaming since the last step has been told (what a
+        client that subscribes to FAULT_EVENT now is sent first, SPEC.md 6.4)."""
+        ...
+
 
 def _clip_int(values: Any, lo: int, hi: int) -> Any:
     arr = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=hi, neginf=lo)
@@ -173,6 +178,17 @@ def _state_records(out: StepOutput) -> npt.NDArray[np.void]:
     return records
 
 
+def fault_event_message(fe: FaultEvent) -> p.FaultEvent:
+    return p.FaultEvent(
+        fe.time_us,
+        fe.fault_id,
+        round(fe.severity * 1e6),
+        int(fe.kind),
+        int(fe.phase),
+        np.array(fe.cells, dtype=np.uint16),
+    )
+
+
 def step_messages(
     out: StepOutput, wall_us: int, wanted: int = p.SubscribeMask.ALL, eis_flags: int = 0
 ) -> Iterator[Item]:
@@ -181,18 +197,7 @@ def step_messages(
     not worth paying when no client subscribes to it. ``eis_flags``: frame flags of
     the spectra and points (MEASURED when they come from measured data)."""
     for fe in out.fault_events if wanted & p.SubscribeMask.FAULT_EVENT else ():
-        yield Item(
-            BIT_EVENT,
-            p.FaultEvent(
-                fe.time_us,
-                fe.fault_id,
-                round(fe.severity * 1e6),
-                int(fe.kind),
-                int(fe.phase),
-                np.array(fe.cells, dtype=np.uint16),
-            ),
-            None,
-        )
+        yield Item(BIT_EVENT, fault_event_message(fe), None)
     # after the fault events: a CELL_STATES flagged FAULT_ACTIVE never arrives before the fault's START
     n = out.reported.voltage_v.size if wanted & BIT_STATES else 0
     if n:
@@ -343,6 +348,19 @@ class EngineSource:
         # two seeks before a step: the second one's events follow the first's (a START, then its END)
         self._seek_events = (*self._seek_events, *ended, *started)
 
+    def active_fault_events(self) -> list[p.FaultEvent]:
+        state = self._active_faults()
+        for e in reversed(self._seek_events):  # as before the events a seek left for the next step
+            if e.phase == FaultPhase.START:
+                state.pop(e.fault_id, None)
+            else:
+                state[e.fault_id] = (e.kind, e.cells, e.severity)
+        now = self.engine.time_us
+        return [
+            fault_event_message(FaultEvent(now, i, k, FaultPhase.START, c, v))
+            for i, (k, c, v) in state.items()
+        ]
+
     def _active_faults(self) -> dict[int, tuple[p.FaultKind, tuple[int, ...], float]]:
         return {fid: (kind, cells, severity) for fid, kind, cells, severity in self.engine.active_faults()}
 
@@ -403,5 +421,6 @@ __all__: Sequence[str] = [
     "Item",
     "Source",
     "Tick",
+    "fault_event_message",
     "step_messages",
 ]

@@ -208,11 +208,15 @@ class Session(ServerSession, SendQueue):
         return self.server.source.n_cells
 
     def subscribe(self, seq: int, msg: p.Subscribe, cells: tuple[int, ...], now: float) -> None:
+        events_before = self.mask & p.SubscribeMask.FAULT_EVENT
         self.mask = int(msg.msg_mask)
         self.divider = max(1, msg.state_divider)
         self.eis_mode = int(msg.eis_mode)
         self.cells = set(cells) if cells else None
         self.reply(p.Ack(seq, 0, len(cells) if cells else self.cell_count()))
+        if self.mask & p.SubscribeMask.FAULT_EVENT and not events_before:
+            for event in self.server.fault_starts(self):  # the faults already active (SPEC.md 6.4)
+                self.reply(event)
         self.server.streaming_changed.set()
         self.server.update_eis_modes()
 

@@ -242,3 +242,27 @@ async def test_a_stream_fault_injected_by_control_acts_on_its_session_only(scena
             )
         finally:
             await other.close()
+
+
+@pytest.mark.asyncio
+async def test_a_client_subscribing_during_a_fault_gets_its_start_first(scenario: Path) -> None:
+    from .conftest import other_client
+
+    async with serving(scenario, speed=20.0) as (server, client):
+        await client.subscribe(mask=STATES_EVENTS)
+        await frames_until(client, _states_at(3_000_000))  # the scenario's fault is active from 2 s
+        assert isinstance(await client.control(p.Control(C.PAUSE)), p.Ack)
+        assert 2_000_000 < server.source.time_us < 5_000_000
+        late = await other_client(server, "late")
+        try:
+            await late.subscribe(mask=STATES_EVENTS)
+            await late.subscribe(mask=STATES_EVENTS)  # again: nothing sent twice
+            assert isinstance(await client.control(p.Control(C.RESUME)), p.Ack)
+            frames = await frames_until(late, _states_at(6_000_000))
+            starts = [
+                f.message for f in frames if isinstance(f.message, p.FaultEvent) and f.message.phase == 1
+            ]
+            assert [e.fault_id for e in starts] == [SCENARIO_FAULT_ID]
+            assert check_ground_truth(frames) == set()  # its END came too, at 5 s
+        finally:
+            await late.close()
