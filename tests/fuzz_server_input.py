@@ -146,8 +146,8 @@ class Harness:
             elif state is not p.SimState.RUNNING:
                 await fixer.control(p.Control(c.START))
             await fixer.control(p.Control(c.SET_SPEED, value=100_000_000))
-            # Inputs may carry valid INJECT_FAULT frames (the fuzzer solves CRC comparisons), and a transport
-            # fault such as DROP_FRAMES acts on every client by design: clear them before checking continuity.
+            # Inputs may carry valid INJECT_FAULT frames (the fuzzer solves CRC comparisons): physics and
+            # measurement faults act on every client: clear them before checking continuity.
             await fixer.control(p.Control(c.CLEAR_FAULT, aux=0))
         finally:
             await fixer.close()
