@@ -14,7 +14,7 @@ from pathlib import Path
 
 import structlog
 
-from hil_server.capture.format import CaptureError
+from hil_server.capture.format import CaptureError, DamagedSpan
 from hil_server.cli._common import Progress, cell_index, write
 
 log = structlog.get_logger(__name__)
@@ -48,19 +48,24 @@ def check(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _export(args: argparse.Namespace) -> None:
+def _export(args: argparse.Namespace) -> list[DamagedSpan]:
+    """Write what the options ask for; the damaged spans skipped in the capture."""
     capture = Path(args.file)
+    damage: list[DamagedSpan] = []
     if args.pcap is not None:
         from hil_server.capture.pcap import export_pcap
 
-        write(export_pcap(capture, Path(args.pcap)).summary() + "\n")
+        pcap = export_pcap(capture, Path(args.pcap))
+        write(pcap.summary() + "\n")
+        damage = pcap.damage
     if args.out is None:
-        return
+        return damage
     if args.format == "mf4":
         from hil_server.capture.mdf import export_mdf
 
-        write(export_mdf(capture, Path(args.out)).summary() + "\n")
-        return
+        mdf = export_mdf(capture, Path(args.out))
+        write(mdf.summary() + "\n")
+        return mdf.damage
     from hil_server.capture.export import export_capture
 
     result = export_capture(
@@ -72,6 +77,17 @@ def _export(args: argparse.Namespace) -> None:
         progress=Progress("exporting", "record"),
     )
     write(result.summary() + "\n")
+    return result.damage
+
+
+def damage_error(command: str, file: str, damage: list[DamagedSpan]) -> str:
+    """The one line of a command that met damage in a capture and was not told ``--salvage``."""
+    lost = sum(span.records_lost for span in damage)
+    return (
+        f"{file}: capture damaged: {lost} record(s) lost in {len(damage)} span(s), the first at offset "
+        f"{damage[0].offset} ({damage[0].reason}); {command} used every intact record; "
+        f"`eis-hil capture check {file}` lists the spans, --salvage accepts the loss (exit 0)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,13 +96,16 @@ def run(args: argparse.Namespace) -> int:
         log.error("export", error=problem)
         return 2
     try:
-        _export(args)
+        damage = _export(args)
     except (CaptureError, OSError) as exc:
         log.error("export", error=str(exc))
         return 2
     except ImportError as exc:
         log.error("export", error=f"{exc}: --format mf4 needs asammdf: pip install 'eis-hil[mdf]'")
         return 2
+    if damage and not args.salvage:
+        log.error("export", error=damage_error("export", args.file, damage))
+        return 1
     return 0
 
 
@@ -112,4 +131,9 @@ def add_arguments(exp: argparse.ArgumentParser) -> None:
         type=int,
         default=8,
         help="plot Nyquist/Bode and timeline lines for at most this many cells (default 8); CSV has all",
+    )
+    exp.add_argument(
+        "--salvage",
+        action="store_true",
+        help="a damaged capture (records lost in the middle, CAPTURE.md 6.2) exits 0, not 1",
     )

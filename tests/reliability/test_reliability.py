@@ -825,6 +825,85 @@ def test_truncated_capture_replays_up_to_its_last_whole_record(tmp_path: Path) -
         assert all(isinstance(item, p.Frame) for item in decoder.events())
 
 
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real recorded session (serve --record) of 40 steps."""
+    path = tmp_path_factory.mktemp("recorded") / "session.eiscap"
+
+    async def record() -> None:
+        server = await start_server(US06, record=path)
+        client = await HilClient.connect("127.0.0.1", server.port)
+        await client.subscribe()
+        for _ in range(40):
+            await client.next_message(p.CellStates, timeout=5)
+        await client.close()
+        await server.stop()
+
+    asyncio.run(record())
+    return path
+
+
+def _flip_middle_record(clean: Path, out: Path) -> tuple[int, int]:
+    """``clean`` with one bit flipped in the data of its middle record, written to ``out``: (the record's
+    offset, the records of the capture)."""
+    from hil_server.capture.format import open_capture, scan_records
+
+    capture = open_capture(clean)
+    records = list(scan_records(capture))
+    hit = records[len(records) // 2]
+    data = bytearray(clean.read_bytes())
+    data[hit.offset + 30] ^= 0x10
+    out.write_bytes(bytes(data))
+    return hit.offset, len(records)
+
+
+def _errors(err: str) -> list[str]:
+    """The text of every error line in ``err`` (logs of a command run in-process)."""
+    return [line for line in err.splitlines() if "error" in line.lower()]
+
+
+def test_a_flipped_bit_costs_one_record_and_every_command_says_so(
+    tmp_path: Path, recorded: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 16: a flipped bit in a capture lost the rest of the session. Now export, replay and capture
+    check read every other record, name the damaged span, exit 1 unless --salvage; --repair writes a clean
+    copy."""
+    from hil_server.capture.format import iter_records, open_capture
+    from hil_server.cli import main
+
+    damaged = tmp_path / "damaged.eiscap"
+    offset, total = _flip_middle_record(recorded, damaged)
+    capsys.readouterr()
+
+    assert main(["capture", "check", str(damaged)]) == 1
+    out = capsys.readouterr().out
+    assert f"{total - 1} intact records; 1 damaged span(s), 1 record(s) lost" in out, out
+    assert f"damaged span at offset {offset}: " in out, out
+    assert "CRC mismatch" in out, out
+
+    repaired = tmp_path / "repaired.eiscap"
+    assert main(["capture", "check", str(damaged), "--repair", str(repaired)]) == 1
+    assert f"repaired copy {repaired}: {total - 1} records" in capsys.readouterr().out
+    assert main(["capture", "check", str(repaired)]) == 0
+    assert "intact" in capsys.readouterr().out
+    assert [r.frame for r in iter_records(open_capture(repaired))] == [
+        r.frame for r in iter_records(open_capture(damaged))
+    ]
+    assert main(["capture", "check", str(recorded)]) == 0
+
+    assert main(["export", str(damaged), "--out", str(tmp_path / "x"), "--csv-only"]) == 1
+    captured = capsys.readouterr()
+    assert f"exported {total - 1} records" in captured.out
+    (line,) = [e for e in _errors(captured.err) if "capture damaged" in e]
+    assert f"1 record(s) lost in 1 span(s), the first at offset {offset}" in line
+    assert "--salvage" in line
+    assert main(["export", str(damaged), "--out", str(tmp_path / "y"), "--csv-only", "--salvage"]) == 0
+    assert "WARNING: capture damaged, 1 record(s) lost" in capsys.readouterr().out
+    assert main(["export", str(damaged), "--pcap", str(tmp_path / "d.pcapng")]) == 1
+    assert main(["replay", str(damaged), "--port", "0"]) == 1  # refused before serving anything
+    assert "capture damaged" in capsys.readouterr().err
+
+
 # -- environment ---------------------------------------------------------------------------------------
 
 
