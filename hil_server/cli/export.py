@@ -14,7 +14,7 @@ from pathlib import Path
 
 import structlog
 
-from hil_server.capture.format import CaptureError, DamagedSpan
+from hil_server.capture.format import CaptureError, DamagedSpan, open_capture
 from hil_server.cli._common import Progress, cell_index, write
 
 log = structlog.get_logger(__name__)
@@ -44,7 +44,25 @@ def check(args: argparse.Namespace) -> str | None:
         if problem:
             return problem
     if args.pcap is not None:
-        return _check_writable(Path(args.pcap), "--pcap")
+        problem = _check_writable(Path(args.pcap), "--pcap")
+        if problem:
+            return problem
+    return _check_cells(args)
+
+
+def _check_cells(args: argparse.Namespace) -> str | None:
+    """--cells beyond the capture's cell count (its metadata, from SERVER_HELLO) would export nothing."""
+    if not args.cells:
+        return None
+    try:
+        count = open_capture(args.file).meta.get("cell_count")
+    except CaptureError:
+        return None  # the export says what is wrong with the file
+    if not isinstance(count, int):
+        return None
+    beyond = [cell for cell in args.cells if cell >= count]
+    if beyond:
+        return f"--cells {' '.join(map(str, beyond))}: the capture has {count} cell(s), 0..{count - 1}"
     return None
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 import numpy.typing as npt
+
+from hil_server.eis_data.textfile import TextFileError, read_text
 
 POINT_COLUMNS = ("profile", "soc", "temp_c", "soh")
 
@@ -35,9 +38,9 @@ def check_point(point: OperatingPoint, where: str) -> None:
 
 def read_points(path: Path) -> list[OperatingPoint]:
     try:
-        handle = path.open(newline="", encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+        handle = io.StringIO(read_text(path), newline="")
+    except TextFileError as exc:
+        raise InputError(str(exc)) from None
     with handle:
         reader = csv.DictReader(handle)
         missing = [c for c in POINT_COLUMNS if c not in (reader.fieldnames or [])]
@@ -68,9 +71,9 @@ def read_points(path: Path) -> list[OperatingPoint]:
 
 def read_freqs(path: Path) -> npt.NDArray[np.float64]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+        lines = read_text(path).splitlines()
+    except TextFileError as exc:
+        raise InputError(str(exc)) from None
     freqs = []
     for n, line in enumerate(lines, 1):
         text = line.split("#")[0].strip()

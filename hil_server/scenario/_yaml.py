@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from hil_server.eis_data.textfile import TextFileError, decode_text
+
 MAX_FILE_BYTES = 1 << 20
 MAX_DEPTH = 24
 """Mappings and lists nested deeper than this are refused; real scenarios need about 8."""
@@ -67,12 +69,9 @@ def compose(data: bytes) -> tuple[yaml.Node | None, yaml.SafeLoader]:
     Raises RefusedError for policy violations and yaml.YAMLError for syntax errors.
     """
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise RefusedError(
-            line, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
-        ) from None
+        text = decode_text(data, "")
+    except TextFileError as exc:
+        raise RefusedError(exc.line, exc.message) from None
     loader = _GuardedLoader(text)
     try:
         root = loader.get_single_node()

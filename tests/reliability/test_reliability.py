@@ -904,6 +904,179 @@ def test_a_flipped_bit_costs_one_record_and_every_command_says_so(
     assert "capture damaged" in capsys.readouterr().err
 
 
+# -- bad input on the command line (issue 16) ----------------------------------------------------------
+
+
+def _inputs(tmp: Path, recorded: Path) -> dict[str, str]:
+    """Files the catalogue's command lines name, made in ``tmp``: {placeholder: path}."""
+    (tmp / "empty.key").write_bytes(b"\n")
+    (tmp / "binary.csv").write_bytes(b"profile,soc,temp_c,soh\n\x00\x01\x02\xff\n")
+    (tmp / "latin1.txt").write_bytes(b"1000\n100\n# 10 \xb0C\n")
+    header = "spectrum_id,soc,temp_c,soh,freq_hz,z_re_ohm,z_im_ohm\n"
+    (tmp / "latin1.csv").write_bytes((header + "a,0.5,25,1,1000,0.1,0.0\n").encode() + b"b,0.5,25\xb0,1\n")
+    (tmp / "semicolon.csv").write_text(header.replace(",", ";") + "a;0,5;25;1;1000;0,1;0\n")
+    (tmp / "a_file").write_text("x")
+    (tmp / "exists.eiscap").write_bytes(b"x")
+    return {
+        "{US06}": str(US06),
+        "{TMP}": str(tmp),
+        "{CAP}": str(recorded),
+        **{f"{{{p.name}}}": str(p) for p in tmp.iterdir()},
+    }
+
+
+BAD_COMMAND_LINES: list[tuple[str, str, int, str]] = [
+    # (id, command line, exit status, what the one line must say)
+    ("port_too_big", "serve {US06} --port 70000", 2, "--port 70000: expected an integer in [0, 65535]"),
+    ("port_negative", "serve {US06} --port -1", 2, "--port -1: expected an integer in [0, 65535]"),
+    ("speed_negative", "serve {US06} --speed -1", 2, "--speed -1: expected a number in [0, "),
+    ("speed_nan", "serve {US06} --speed nan", 2, "--speed nan: not a finite number"),
+    ("speed_inf", "serve {US06} --speed inf", 2, "--speed inf: not a finite number"),
+    ("replay_speed_negative", "replay {CAP} --speed -1", 2, "(as CONTROL SET_SPEED)"),
+    ("max_clients_0", "serve {US06} --max-clients 0", 2, "--max-clients 0: expected an integer >= 1"),
+    ("empty_secret_file", "serve {US06} --port 0 --secret-file {empty.key}", 2, "the file is empty"),
+    ("demo_seconds_negative", "demo --seconds -5", 2, "--seconds -5: expected a number > 0"),
+    ("record_seconds_negative", "record 127.0.0.1 1 --out {TMP}/r.eiscap --seconds -1", 2, "--seconds -1"),
+    ("export_cells_beyond", "export {CAP} --out {TMP}/x --cells 0 9", 2, "--cells 9: the capture has 1 cell"),
+    ("export_plot_cells_negative", "export {CAP} --out {TMP}/x --plot-cells -1", 2, "--plot-cells -1"),
+    ("spectrum_soh_0", "spectrum --profile zhang2020 --soc 0.5 --temp-c 25 --soh 0", 2, "--soh 0: expected"),
+    (
+        "spectrum_absolute_zero",
+        "spectrum --profile zhang2020 --soc 0.5 --temp-c -273.15 --soh 1",
+        2,
+        "--temp-c -273.15: expected a number in [-40, 85] (as the scenario key cells.temp_c)",
+    ),
+    ("train_epochs_0", "train --out {TMP}/m --epochs 0", 2, "--epochs 0: expected an integer >= 1"),
+    ("train_epochs_negative", "train --out {TMP}/m --epochs -3", 2, "--epochs -3"),
+    ("client_port", "client 127.0.0.1 70000", 2, "PORT 70000: expected an integer in [1, 65535]"),
+    # outputs, checked before any work
+    ("spectrum_out_missing_dir", "spectrum --out {TMP}/no/x.csv", 2, "/no does not exist"),
+    ("spectrum_out_is_dir", "spectrum --out {TMP}", 2, "is a directory, expected a file name"),
+    ("train_out_is_file", "train --out {a_file} --epochs 1", 2, "is a file, expected a directory"),
+    ("tflite_out_missing_dir", "export-tflite --out {TMP}/no/m.tflite", 2, "/no does not exist"),
+    ("serve_record_exists", "serve {US06} --record {exists.eiscap}", 2, "exists; refusing to overwrite"),
+    ("repair_exists", "capture check {CAP} --repair {exists.eiscap}", 2, "exists; refusing to overwrite"),
+    # input files: one shared text reader names the file and line
+    ("points_binary", "spectrum --points {binary.csv}", 2, "binary.csv:2: binary data, not text"),
+    (
+        "freqs_not_utf8",
+        "spectrum --profile zhang2020 --soc .5 --temp-c 25 --soh 1 --freqs {latin1.txt}",
+        2,
+        "latin1.txt:3: not UTF-8 text (byte 0xb0",
+    ),
+    ("csv_not_utf8", "convert {latin1.csv} {TMP}/o.csv", 2, "latin1.csv:3: not UTF-8 text (byte 0xb0"),
+    (
+        "csv_semicolons",
+        "convert {semicolon.csv} {TMP}/o.csv",
+        2,
+        "semicolon.csv:1: the header is separated by",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "line", "code", "message"), BAD_COMMAND_LINES, ids=[c[0] for c in BAD_COMMAND_LINES]
+)
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path,
+    recorded: Path,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    line: str,
+    code: int,
+    message: str,
+) -> None:
+    """Issue 16's catalogue: each bad command line exits with its status before any work, with one line
+    naming the option or the file (and line), never a traceback."""
+    from hil_server.cli import main
+
+    files = _inputs(tmp_path, recorded)
+    argv = []
+    for word in line.split():
+        for key, value in files.items():
+            word = word.replace(key, value)  # noqa: PLW2901 (each placeholder in turn)
+        argv.append(word)
+    capsys.readouterr()
+    started = time.monotonic()
+    assert main(argv) == code, case
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    lines = [text for text in (out + err).splitlines() if message in text]
+    assert len(lines) == 1, f"{case}: {message!r} not on one line of:\n{out}{err}"
+    assert time.monotonic() - started < 10.0  # refused before any work
+
+
+def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hil_server.cli import decode, main
+
+    def boom(_args: object) -> int:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(decode, "run", boom)
+    assert main(["decode", "-"]) == 1
+    err = capsys.readouterr().err
+    assert err == "eis-hil decode: internal error: RuntimeError: boom (--debug shows the traceback)\n"
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["--debug", "decode", "-"])
+    monkeypatch.setenv("EIS_HIL_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["decode", "-"])
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "text"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_a_signal_exits_128_plus_its_number_with_one_line(
+    tmp_path: Path, sig: signal.Signals, code: int, text: str
+) -> None:
+    """``capture check`` of a FIFO blocks in its read: when the FIFO's reader is open the command is running
+    (no sleep needed), and the signal then interrupts it."""
+    fifo = tmp_path / "capture.fifo"
+    os.mkfifo(fifo)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [*_eis_hil(), "capture", "check", str(fifo)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        with fifo.open("wb") as writer:  # returns once the command has opened the FIFO to read it
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=10)
+            del writer
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == code, err
+    assert err.strip() == f"eis-hil capture: {text} ({'Ctrl-C' if sig == signal.SIGINT else 'SIGTERM'})"
+    assert out == ""
+
+
+def test_a_closed_pipe_exits_141_quietly(tmp_path: Path) -> None:
+    """``eis-hil spectrum --points many.csv | head -1``: no BrokenPipeError traceback."""
+    points = tmp_path / "points.csv"
+    points.write_text("profile,soc,temp_c,soh\n" + "zhang2020,0.5,25,0.9\n" * 2000)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [*_eis_hil(), "spectrum", "--points", str(points)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith(b"row,freq_hz")
+    proc.stdout.close()  # what head does after its lines
+    err = proc.stderr.read() if proc.stderr else b""
+    assert proc.wait(timeout=60) == 141
+    assert b"Traceback" not in err
+    assert b"BrokenPipe" not in err
+
+
 # -- environment ---------------------------------------------------------------------------------------
 
 
