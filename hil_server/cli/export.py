@@ -9,26 +9,15 @@ Wireshark (``--pcap``).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import structlog
 
 from hil_server.capture.format import CaptureError, DamagedSpan, open_capture
+from hil_server.cli._checks import DIRECTORY, FILE, check_output
 from hil_server.cli._common import Progress, cell_index, write
 
 log = structlog.get_logger(__name__)
-
-
-def _check_writable(path: Path, what: str) -> str | None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        return f"{what} {path}: is a directory, expected a file name"
-    if not parent.is_dir():
-        return f"{what} {path}: directory {parent} does not exist"
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        return f"{what} {path}: not writable"
-    return None
 
 
 def check(args: argparse.Namespace) -> str | None:
@@ -37,16 +26,12 @@ def check(args: argparse.Namespace) -> str | None:
         return "--format mf4 needs --out FILE.mf4"
     if args.out is None and args.pcap is None:
         return "export needs --out (a directory, or a .mf4 file with --format mf4) or --pcap FILE.pcapng"
-    if args.format == "mf4":
-        if args.cells or args.csv_only:
-            return "--cells and --csv-only apply to the CSV export, not to --format mf4"
-        problem = _check_writable(Path(args.out), "--out")
+    if args.format == "mf4" and (args.cells or args.csv_only):
+        return "--cells and --csv-only apply to the CSV export, not to --format mf4"
+    if args.out is not None:  # --pcap is in OUTPUTS; --out is a file or a directory, by --format
+        problem = check_output(Path(args.out), FILE if args.format == "mf4" else DIRECTORY)
         if problem:
-            return problem
-    if args.pcap is not None:
-        problem = _check_writable(Path(args.pcap), "--pcap")
-        if problem:
-            return problem
+            return f"--out {problem}"
     return _check_cells(args)
 
 
