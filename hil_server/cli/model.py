@@ -23,6 +23,7 @@ log = structlog.get_logger(__name__)
 
 def cmd_train(args: argparse.Namespace) -> int:
     from hil_server.eis_data import DataNotFoundError, EisDataError, load_all
+    from hil_server.model.interrupt import StopOnSignal
     from hil_server.model.train import TrainConfig, train
 
     try:
@@ -40,9 +41,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         if epoch % every == 0 or epoch == args.epochs - 1:
             log.info("epoch", epoch=epoch + 1, of=args.epochs, **{k: round(v, 6) for k, v in metrics.items()})
 
-    meta = train(spectra, Path(args.out), config, progress)
+    with StopOnSignal() as stop:  # Ctrl-C or SIGTERM: the epochs trained so far are kept, not lost
+        meta = train(spectra, Path(args.out), config, progress, stop.requested)
     for key, value in meta["metrics"].items():
         _write(f"{key:22} median {value['median']:.2%}  p90 {value['p90']:.2%}  n={value['n']}\n")
+    if stop.signal is not None:
+        _write(
+            f"training interrupted ({stop.signal.name}) after {meta['epochs_trained']} of {args.epochs} "
+            f'epochs: that model is written to {args.out} (metadata.json: "interrupted": true)\n'
+        )
+        return 128 + int(stop.signal)
     _write(f"model written to {args.out} in {meta['train_seconds']} s\n")
     return 0
 

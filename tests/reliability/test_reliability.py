@@ -1077,6 +1077,29 @@ def test_a_closed_pipe_exits_141_quietly(tmp_path: Path) -> None:
     assert b"BrokenPipe" not in err
 
 
+def test_ctrl_c_during_training_keeps_the_epochs_trained(tmp_path: Path, small_spectra: Any) -> None:
+    """Issue 16: Ctrl-C in ``train`` lost the model. A real SIGINT (sent from the progress callback, so it
+    falls inside the second epoch) ends the training after that epoch; the model is written, loads, and its
+    metadata says it was interrupted."""
+    from hil_server.model.interrupt import StopOnSignal
+    from hil_server.model.store import read_metadata
+    from hil_server.model.train import TrainConfig, train
+
+    def progress(epoch: int, _metrics: dict[str, float]) -> None:
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopOnSignal() as stop:
+        config = TrainConfig(epochs=50, batch_size=128)
+        meta = train(small_spectra, tmp_path, config, progress, stop.requested)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert stop.signal is signal.SIGINT
+    assert meta["epochs_trained"] == 2
+    assert meta["interrupted"] is True
+    assert read_metadata(tmp_path).raw["interrupted"] is True
+
+
 # -- environment ---------------------------------------------------------------------------------------
 
 
