@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -27,9 +28,11 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class StopOnSignal:
     """Context manager: while active, the first SIGINT or SIGTERM sets ``signal`` instead of raising."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_signal: Callable[[], None] | None = None) -> None:
         self.signal: signal.Signals | None = None
         """The signal that asked to stop, None while none came."""
+        self._on_signal = on_signal
+        """Called (in the signal handler) by the first signal: e.g. to tell worker processes."""
         self._previous: dict[signal.Signals, Any] = {}
 
     def requested(self) -> bool:
@@ -44,7 +47,9 @@ class StopOnSignal:
                 previous(signum, frame)
             raise KeyboardInterrupt
         self.signal = sig
-        log.warning("stopping after the current epoch (again to stop at once)", signal=sig.name)
+        if self._on_signal is not None:
+            self._on_signal()
+        log.warning("stopping at the next safe point (again to stop at once)", signal=sig.name)
 
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():

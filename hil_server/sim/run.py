@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -80,8 +82,11 @@ def run_scenario(
     max_s: float = DEFAULT_MAX_S,
     fmt: str = "parquet",
     progress: Callable[[float, int], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Run one scenario to its end (or ``max_s`` simulated seconds) and write the files. Returns run.json."""
+    """Run one scenario to its end (or ``max_s`` simulated seconds, or until ``stop()``, asked after each
+    step, is true) and write the files. Returns run.json, whose ``interrupted`` says whether ``stop`` ended
+    it: the files then hold every step simulated so far, and are valid."""
     started = time.monotonic()
     engine, scenario, meta = build_engine(scenario_path, model_dir, seed)
     writer = RunWriter(
@@ -90,9 +95,14 @@ def run_scenario(
         scenario.cells.profile,
         scenario.eis.frequencies_hz,
     )
+    log.info("run started", scenario=scenario.name, seed=engine.seed, out=str(out_dir))
     steps = 0
+    interrupted = False
     try:
         while not engine.finished and engine.time_s < max_s:
+            if stop is not None and stop():
+                interrupted = True
+                break
             writer.add(engine.step())
             steps += 1
             if progress is not None and steps % BATCH_STEPS == 0:
@@ -109,6 +119,7 @@ def run_scenario(
         "cells": scenario.cells.count,
         "simulated_s": engine.time_s,
         "finished": engine.finished,
+        "interrupted": interrupted,
         "steps": steps,
         "rows": rows,
         "spectrum_points": writer.points,
@@ -116,14 +127,61 @@ def run_scenario(
         "wall_s": round(time.monotonic() - started, 3),
     }
     (out_dir / "run.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    if not engine.finished:
+    if interrupted:
+        log.warning("run interrupted: the files hold the steps so far", simulated_s=engine.time_s)
+    elif not engine.finished:
         log.warning("scenario stopped before its end", simulated_s=engine.time_s, max_s=max_s)
     return summary
 
 
+class _WorkerStop:
+    """In a sweep's worker process: the sweep's stop event (a multiprocessing.Event the parent sets) and
+    whether the worker itself was sent SIGTERM."""
+
+    event: Any = None
+    signalled = False
+
+    @classmethod
+    def requested(cls) -> bool:
+        return cls.signalled or (cls.event is not None and cls.event.is_set())
+
+
+def _on_term(_signum: int, _frame: object) -> None:
+    _WorkerStop.signalled = True
+
+
+def _worker_init(event: Any) -> None:
+    """A sweep worker stops its run when the parent sets ``event`` (the parent got SIGINT or SIGTERM), or
+    when it is sent SIGTERM itself; Ctrl-C on a terminal reaches the whole process group, and the parent
+    alone decides (the worker ignores SIGINT)."""
+    _WorkerStop.event = event
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_term)
+
+
 def _run_one(args: tuple[Path, Path, Path, int, float, str]) -> dict[str, Any]:
     scenario_path, out_dir, model_dir, seed, max_s, fmt = args
-    return run_scenario(scenario_path, out_dir, model_dir=model_dir, seed=seed, max_s=max_s, fmt=fmt)
+    return run_scenario(
+        scenario_path,
+        out_dir,
+        model_dir=model_dir,
+        seed=seed,
+        max_s=max_s,
+        fmt=fmt,
+        stop=_WorkerStop.requested,
+    )
+
+
+class SweepStop:
+    """Stops a running ``run_sweep`` from the parent process (a signal handler may call ``set``): every
+    worker ends its run after its current step, writes valid files marked ``interrupted``, and the runs not
+    started yet are written empty, marked the same."""
+
+    def __init__(self) -> None:
+        self.event = multiprocessing.get_context().Event()
+
+    def set(self) -> None:
+        self.event.set()
 
 
 def run_sweep(
@@ -136,12 +194,15 @@ def run_sweep(
     fmt: str = "parquet",
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    stop: SweepStop | None = None,
 ) -> list[dict[str, Any]]:
-    """One scenario over several seeds, in parallel on all cores: a dataset partitioned as ``seed=<n>/``."""
+    """One scenario over several seeds, in parallel on all cores: a dataset partitioned as ``seed=<n>/``.
+    ``stop``: see SweepStop."""
     jobs = [(scenario_path, out_dir / f"seed={s}", model_dir, s, max_s, fmt) for s in seeds]
     n_workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
+    stop = stop or SweepStop()
     results: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(max_workers=n_workers) as pool:
+    with ProcessPoolExecutor(max_workers=n_workers, initializer=_worker_init, initargs=(stop.event,)) as pool:
         for done, result in enumerate(pool.map(_run_one, jobs), 1):
             results.append(result)
             if progress is not None:

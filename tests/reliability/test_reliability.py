@@ -1153,6 +1153,60 @@ def test_sigterm_during_serve_says_bye_exits_0_and_keeps_the_recording(tmp_path:
             proc.wait()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_run_seeds_stops_every_worker_and_keeps_valid_files(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """Issue 16: ``run --seeds`` ignored SIGINT/SIGTERM sent to the parent until its workers finished, and
+    after SIGTERM two workers stayed at 99 % CPU. Now the parent tells every worker; each ends its run after
+    the current step, with valid files marked interrupted, and no process is left behind."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [
+            *_eis_hil(),
+            "run",
+            str(SCENARIOS / "aging_sweep.yaml"),
+            "--seeds",
+            "1",
+            "2",
+            "3",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stderr is not None
+        started = 0
+        while started < 2:  # both workers (2 cores) are simulating: each logged its start
+            line = proc.stderr.readline()
+            assert line, "the run ended before its workers started"
+            started += "run started" in line
+        workers = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        proc.send_signal(sig)
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + sig, stdout
+    assert f"interrupted ({sig.name})" in stdout
+    for pid in workers:  # every worker has exited (none orphaned, spinning on)
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    for seed in (1, 2, 3):
+        run = json.loads((out / f"seed={seed}" / "run.json").read_text())
+        assert run["interrupted"] is True
+        states = pq.read_table(out / f"seed={seed}" / "states.parquet")
+        assert states.num_rows == run["rows"]["states"]
+    assert len(json.loads((out / "sweep.json").read_text())) == 3
+
+
 # -- soak ----------------------------------------------------------------------------------------------
 
 
