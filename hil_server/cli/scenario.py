@@ -98,9 +98,15 @@ def _ending(run: dict[str, Any]) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from hil_server.scenario import validate_files
+    from hil_server.scenario import ScenarioError, load_scenario, validate_files
+    from hil_server.sim.run import scenario_limit_issues
 
     issues = validate_files(args.files)
+    for file in sorted(set(args.files) - {issue.file for issue in issues}):
+        try:  # the file itself is valid: are its values within the cell's limits?
+            issues += scenario_limit_issues(load_scenario(file))
+        except ScenarioError as exc:
+            issues += exc.errors
     for issue in issues:
         write(f"{issue}\n")
     write(f"{len(args.files)} file(s) checked, {len(issues)} error(s)\n")

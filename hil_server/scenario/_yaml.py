@@ -7,6 +7,7 @@ goes deeper; the file size is checked before the file is read in full.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,11 @@ class RefusedError(Exception):
         super().__init__(message)
         self.line = line
         self.message = message
+
+
+YAML12_FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)$")
+"""Floats in exponent notation without a dot (``8e-6``, ``1e3``): YAML 1.2 reads them as numbers, YAML 1.1
+(PyYAML) as strings. The scenario format follows YAML 1.2 here: ``scale: 8e-6`` is a number."""
 
 
 class _GuardedLoader(yaml.SafeLoader):
@@ -52,6 +58,9 @@ class _GuardedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+
+_GuardedLoader.add_implicit_resolver("tag:yaml.org,2002:float", YAML12_FLOAT, list("-+.0123456789"))
 
 
 def read_limited(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:

@@ -35,11 +35,12 @@ import structlog
 
 from ..model.profiles import resolve
 from ..model.runtime import NumpyPinn
-from ..model.store import BUNDLED_MODEL_DIR, ModelMetadata, read_metadata
-from ..scenario import Scenario, load_scenario, scenario_hash
+from ..model.store import BUNDLED_MODEL_DIR, ModelLoadError, ModelMetadata, read_metadata
+from ..scenario import Issue, Scenario, ScenarioError, load_scenario, scenario_hash
 from .engine import Engine
+from .limits import limit_issues
 from .output import BATCH_STEPS, RunWriter, filesystem
-from .profiles import OperatingRange
+from .profiles import PROFILES, OperatingRange
 from .source import PinnCircuitSource
 
 log = structlog.get_logger(__name__)
@@ -58,8 +59,12 @@ def build_engine(
     runtime, no TensorFlow) as its circuit source."""
     scenario = scenario or load_scenario(scenario_path)
     meta = read_metadata(model_dir)
-    runtime = NumpyPinn.load(model_dir)
     profile = resolve(scenario.cells.profile, meta)
+    if profile.base in PROFILES:  # else Engine says the profile has no cell constants
+        issues = limit_issues(scenario, PROFILES[profile.base])
+        if issues:
+            raise ScenarioError(issues)
+    runtime = NumpyPinn.load(model_dir)
     latents = (
         {profile.name: (profile.base, profile.latent, profile.aging)} if profile.latent is not None else None
     )
@@ -71,6 +76,16 @@ def build_engine(
         ranges[profile.name] = ranges[profile.base]
     source = PinnCircuitSource(runtime, input_ranges=ranges, latents=latents)
     return Engine(scenario, source, seed, base_profile=profile.base), scenario, meta
+
+
+def scenario_limit_issues(scenario: Scenario, model_dir: Path = BUNDLED_MODEL_DIR) -> list[Issue]:
+    """The values of ``scenario`` beyond its cell's limits (``limits.limit_issues``); a calibrated profile
+    is checked against its base profile's cell. Empty when the profile is unknown (loading says so)."""
+    try:
+        base = resolve(scenario.cells.profile, read_metadata(model_dir)).base
+    except ModelLoadError:
+        return []
+    return limit_issues(scenario, PROFILES[base]) if base in PROFILES else []
 
 
 def run_scenario(

@@ -788,6 +788,66 @@ def test_hostile_scenarios_through_validate_and_serve(
     assert not Path("pwned").exists()
 
 
+_NEGATIVE_RE = (
+    "spectrum_id,soc,temp_c,soh,freq_hz,z_re_ohm,z_im_ohm\n"
+    "a,0.5,25,1,1000,0.1,-0.01\na,0.5,25,1,100,-0.2,-0.02\na,0.5,25,1,10,0.3,-0.03\n"
+)
+SCENARIO_PHYSICS: list[tuple[str, str, str | None]] = [
+    # (id, timeline or extra keys appended to a one-cell zhang2020 scenario, the error; None = valid)
+    (
+        "current_beyond_the_cell",
+        "  - constant_current: {current_a: 1000, duration_s: 60}\n",
+        ":5: constant_current.current_a: 1000 A is beyond the zhang2020 cell's limit (45 mAh, at most "
+        "0.135 A)",
+    ),
+    (
+        "cv_voltage_beyond_the_cell",
+        "  - cc_cv_charge: {current_a: 0.04, voltage_v: 5.5, cutoff_current_a: 0.01}\n",
+        ":5: cc_cv_charge.voltage_v: 5.5 V is outside the zhang2020 cell's range (3, 4.2] V",
+    ),
+    (
+        "power_beyond_the_cell",
+        "  - repeat: {count: 2, segments: [constant_power: {power_w: -50, duration_s: 5}]}\n",
+        ":5: constant_power.power_w: -50 W is beyond the zhang2020 cell's limit",
+    ),
+    ("measured_negative_re", "eis: {measured: {file: lab.csv}}\n", "Re(Z) < 0 at 100 Hz (-0.2 ohm)"),
+    # YAML 1.2 numbers, as scenarios/README.md writes them, and frequencies with their defaults
+    (
+        "yaml12_floats",
+        "  - drive_cycle: {cycle: WLTC, scale: 8e-6, loops: 1}\neis: {frequencies: {min_hz: 1e-2}}\n",
+        None,
+    ),
+    ("frequencies_one_key", "eis: {frequencies: {points_per_decade: 4}}\n", None),
+]
+
+
+@pytest.mark.parametrize(("case", "extra", "message"), SCENARIO_PHYSICS, ids=[c[0] for c in SCENARIO_PHYSICS])
+def test_scenario_values_beyond_the_cell_are_refused_with_their_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, extra: str, message: str | None
+) -> None:
+    """Issue 16: 1000 A on a 45 mAh cell validated and ran (clamped to 3C); Re(Z) < 0 was streamed; 8e-6 was
+    'expected a number'. validate exits 1 and serve 2, each naming the file and line."""
+    from hil_server.cli import main
+
+    (tmp_path / "lab.csv").write_text(_NEGATIVE_RE)
+    path = tmp_path / f"{case}.yaml"
+    body = "  - rest: {duration_s: 1}\n" + (extra if extra.startswith("  -") else "")
+    path.write_text(
+        _scenario_text().replace("  - rest: {duration_s: 60}\n", body)
+        + ("" if extra.startswith("  -") else extra)
+    )
+    code = main(["validate", str(path)])
+    out = capsys.readouterr().out
+    if message is None:
+        assert code == 0, out
+        return
+    assert code == 1, out
+    assert f"{path}" in out
+    assert message in out, out
+    assert main(["serve", str(path), "--port", "0"]) == 2
+    assert message in capsys.readouterr().out
+
+
 def test_truncated_capture_replays_up_to_its_last_whole_record(tmp_path: Path) -> None:
     """A capture cut mid-record (a crash while recording): every complete record is read back, the torn
     tail is reported with the file, its offset and why, and reading never raises."""
