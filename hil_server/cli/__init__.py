@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     command = _command_in(words)
     debug = "--debug" in words[: words.index(command)] if command else "--debug" in words
     debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    if not debug:  # TensorFlow's start-up chatter ("failed call to cuInit") reads like a failure
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)

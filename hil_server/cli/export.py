@@ -100,6 +100,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         damage = _export(args)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (main exits 130 or 143)
+        kept = args.out if args.format == "csv" and args.out else None
+        log.warning(
+            "export interrupted",
+            kept=f"the CSV files in {kept} hold every record read so far (closed, valid); no plots"
+            if kept
+            else "the output file is incomplete: export again",
+        )
+        raise
     except (CaptureError, OSError) as exc:
         log.error("export", error=str(exc))
         return 2
