@@ -184,10 +184,10 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
     ).astype(np.complex128)
     if args.out:
         with Path(args.out).open("w", encoding="utf-8") as handle:
-            write_spectra(handle, freqs, z)
+            write_spectra(handle, freqs, z, points)
         log.info("spectra written", path=args.out, spectra=len(points), points=freqs.size)
     else:
-        write_spectra(sys.stdout, freqs, z)
+        write_spectra(sys.stdout, freqs, z, points)
     return 0
 
 

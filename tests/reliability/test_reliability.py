@@ -1066,6 +1066,28 @@ def test_bad_input_is_one_line_and_exit_2(
     assert time.monotonic() - started < 10.0  # refused before any work
 
 
+def test_spectrum_rows_round_trip_and_carry_their_operating_point(tmp_path: Path) -> None:
+    """Issue 16: 316.228 was written for 316.2277660168, so rows could not be joined to the user's grid."""
+    import csv
+
+    from hil_server.cli import main
+
+    grid = [10 ** (k / 4) for k in range(8, -9, -1)]
+    (tmp_path / "freqs.txt").write_text("".join(f"{f!r}\n" for f in grid))
+    (tmp_path / "points.csv").write_text(
+        "profile,soc,temp_c,soh\nzhang2020,0.5,25,0.9\nrashid2023,0.3,15,1\n"
+    )
+    out = tmp_path / "spectra.csv"
+    argv = ["spectrum", "--points", str(tmp_path / "points.csv"), "--freqs", str(tmp_path / "freqs.txt")]
+    assert main([*argv, "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [float(r["freq_hz"]) for r in rows] == grid * 2
+    assert {(r["row"], r["profile"], float(r["soc"]), float(r["temp_c"]), float(r["soh"])) for r in rows} == {
+        ("0", "zhang2020", 0.5, 25.0, 0.9),
+        ("1", "rashid2023", 0.3, 15.0, 1.0),
+    }
+
+
 def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
