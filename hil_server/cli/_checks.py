@@ -140,6 +140,18 @@ def check_value(option: str, value: float, limit: Limit) -> str | None:
     return f"{option} {value:g}: expected {limit.range.describe()}{source}"
 
 
+def check_fields(command: str, where: str, values: dict[str, float]) -> str | None:
+    """The first of ``values`` (option dest -> value, e.g. a row of ``spectrum --points``) outside the
+    limit its option has in ``command``, as ``where: name value: expected ...``, or None."""
+    for dest, value in values.items():
+        by_command = LIMITS.get(dest, {})
+        limit = by_command.get(command) or by_command.get(ANY)
+        problem = None if limit is None else check_value(dest, value, limit)
+        if problem:
+            return f"{where}: {problem}"
+    return None
+
+
 def _probe(directory: Path) -> str | None:
     """Whether ``directory`` takes a new file (created and removed at once), as one problem or None."""
     try:
@@ -226,4 +238,13 @@ def check_args(command: str, args: argparse.Namespace, names: dict[str, str] | N
     return None
 
 
-__all__ = ["LIMITS", "OUTPUTS", "UsageError", "check_args", "check_output", "check_value", "option_names"]
+__all__ = [
+    "LIMITS",
+    "OUTPUTS",
+    "UsageError",
+    "check_args",
+    "check_fields",
+    "check_output",
+    "check_value",
+    "option_names",
+]

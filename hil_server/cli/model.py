@@ -137,6 +137,7 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 def cmd_spectrum(args: argparse.Namespace) -> int:
 
+    from hil_server.cli._checks import check_fields
     from hil_server.model.profiles import resolve
     from hil_server.model.runtime import NumpyPinn
     from hil_server.model.spectra_io import (
@@ -153,6 +154,12 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
         meta = read_metadata(_model_dir(args))
         if args.points:
             points = read_points(Path(args.points))
+            for row, point in enumerate(points):  # the rows, as the options: scenario limits
+                where = f"{args.points}: operating point {row + 1}"
+                values = {"soc": point.soc, "temp_c": point.temp_c, "soh": point.soh}
+                problem = check_fields("spectrum", where, values)
+                if problem:
+                    raise InputError(problem)
         else:
             if None in (args.profile, args.soc, args.temp_c, args.soh):
                 raise InputError("give --points FILE, or all of --profile --soc --temp-c --soh")

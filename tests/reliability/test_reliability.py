@@ -848,6 +848,17 @@ def test_scenario_values_beyond_the_cell_are_refused_with_their_line(
     assert message in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_bundled_scenario_streams_spectra_the_validity_check_can_judge(path: Path) -> None:
+    """Issue 16: fault_showcase, the scenario meant to show a KK-breaking fault, had a 26-point grid and so
+    no KK figure (it needs FRAME_M + 3 = 33 points)."""
+    from hil_server.model.linkk import FRAME_M
+    from hil_server.scenario import load_scenario
+
+    scenario = load_scenario(path)
+    assert len(scenario.eis.frequencies_hz) >= FRAME_M + 3, f"{path.name}: KK would be n/a"
+
+
 def test_truncated_capture_replays_up_to_its_last_whole_record(tmp_path: Path) -> None:
     """A capture cut mid-record (a crash while recording): every complete record is read back, the torn
     tail is reported with the file, its offset and why, and reading never raises."""
@@ -976,6 +987,9 @@ def _inputs(tmp: Path, recorded: Path) -> dict[str, str]:
     (tmp / "latin1.csv").write_bytes((header + "a,0.5,25,1,1000,0.1,0.0\n").encode() + b"b,0.5,25\xb0,1\n")
     (tmp / "semicolon.csv").write_text(header.replace(",", ";") + "a;0,5;25;1;1000;0,1;0\n")
     (tmp / "a_file").write_text("x")
+    (tmp / "zero_kelvin.csv").write_text(
+        "profile,soc,temp_c,soh\nzhang2020,0.5,25,1\nzhang2020,0.5,-273.15,1\n"
+    )
     (tmp / "exists.eiscap").write_bytes(b"x")
     return {
         "{US06}": str(US06),
@@ -1005,6 +1019,12 @@ BAD_COMMAND_LINES: list[tuple[str, str, int, str]] = [
         "spectrum --profile zhang2020 --soc 0.5 --temp-c -273.15 --soh 1",
         2,
         "--temp-c -273.15: expected a number in [-40, 85] (as the scenario key cells.temp_c)",
+    ),
+    (
+        "points_absolute_zero",
+        "spectrum --points {zero_kelvin.csv}",
+        2,
+        "zero_kelvin.csv: operating point 2: temp_c -273.15: expected a number in [-40, 85]",
     ),
     ("train_epochs_0", "train --out {TMP}/m --epochs 0", 2, "--epochs 0: expected an integer >= 1"),
     ("train_epochs_negative", "train --out {TMP}/m --epochs -3", 2, "--epochs -3"),
