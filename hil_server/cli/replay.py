@@ -62,6 +62,12 @@ def run(args: argparse.Namespace) -> int:
             f"eis-hil replaying {Path(args.file).name} ({source.duration_us / 1e6:.1f} s, "
             f"{'forever' if args.loop == 0 else f'{args.loop} time(s)'}) on {args.host}:{server.port} "
             f"at {args.speed:g}x{', paused' if args.paused else ''}; Ctrl-C stops\n"
+            + (
+                ""
+                if args.paused
+                else "playing from now, whether or not a client is connected (--paused waits for a "
+                "client's RESUME or START)\n"
+            )
         )
         return await serve_until_stopped(server, banner)
 

@@ -39,6 +39,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -1145,12 +1146,21 @@ def test_a_signal_exits_128_plus_its_number_with_one_line(
         text=True,
         env=env,
     )
+    opened: list[int] = []
+    # opening the writing end returns once the command has opened the FIFO to read it (in a thread, so
+    # that a command that died before cannot hang the test)
+    opener = threading.Thread(target=lambda: opened.append(os.open(fifo, os.O_WRONLY)), daemon=True)
+    opener.start()
     try:
-        with fifo.open("wb") as writer:  # returns once the command has opened the FIFO to read it
-            proc.send_signal(sig)
-            out, err = proc.communicate(timeout=10)
-            del writer
+        opener.join(timeout=60)
+        if not opened:
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # releases the thread
+            pytest.fail("the command never opened the FIFO: " + proc.communicate(timeout=10)[1])
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=10)
     finally:
+        for fd in opened:
+            os.close(fd)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
