@@ -62,6 +62,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("replay", "serve a recorded capture to clients with its original timing"),
     "convert": ("convert", "potentiostat files (Gamry, BioLogic, ...) to the generic CSV and back"),
     "can-bridge": ("can_bridge", "send cell states as CAN frames defined by a DBC (python-can)"),
+    "view": ("view", "live browser view of a server's stream: pack heat map, spectra, faults, timing"),
 }
 """Command name -> (module in this package, help line)."""
 
