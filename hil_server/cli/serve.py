@@ -77,17 +77,17 @@ async def _view_beside(
         return None
     try:
         return await start_view(
-            connect_host(args.host), server.port, args.view, secret, args.allow_control, 5.0
+            connect_host(args.host), server.port, args.view, secret, args.allow_control, 5.0, "--view"
         )
     except ImportError:
         await server.stop()
         raise ValueError(EXTRA_HINT) from None
-    except OSError as exc:
-        await server.stop()
-        raise OSError(f"--view {args.view[0]}:{args.view[1]}: {exc.strerror or exc}") from None
     except (ClientError, TimeoutError) as exc:
         await server.stop()
         raise ValueError(f"--view: the view could not join the stream: {exc}") from None
+    except BaseException:  # OSError: the port is taken (start_view names it)
+        await server.stop()
+        raise
 
 
 async def serve_until_stopped(

@@ -88,14 +88,26 @@ def connect_host(bind: str) -> str:
 
 
 async def start_view(
-    host: str, port: int, listen: tuple[str, int], secret: bytes | None, allow_control: bool, timeout: float
+    host: str,
+    port: int,
+    listen: tuple[str, int],
+    secret: bytes | None,
+    allow_control: bool,
+    timeout: float,
+    option: str = "--listen",
 ) -> ViewServer:
-    """A view of the server at ``host``:``port``, listening on ``listen``; ImportError without the extra."""
+    """A view of the server at ``host``:``port``, listening on ``listen`` (given as ``option``: an error
+    binding it names it); ImportError without the ``view`` extra."""
     from hil_server.view.server import ViewServer
 
     view = await ViewServer.connect(host, port, secret=secret, allow_control=allow_control, timeout=timeout)
     try:
         await view.listen(*listen)
+    except OSError as exc:
+        await view.stop()
+        # asyncio says "error while attempting to bind on address (...): address already in use"
+        why = str(exc.strerror or exc).rsplit(": ", 1)[-1]
+        raise OSError(f"{option} {listen[0]}:{listen[1]}: {why}") from None
     except BaseException:
         await view.stop()
         raise
@@ -123,7 +135,8 @@ async def _view(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             detail = f"no answer within {args.timeout:g} s"
         elif isinstance(exc, ConnectionRefusedError):
             detail = "connection refused (is an eis-hil server listening on that port?)"
-        err.write(f"eis-hil view: {endpoint}: {detail}\n")
+        where = "" if detail.startswith("--listen") else f"{endpoint}: "
+        err.write(f"eis-hil view: {where}{detail}\n")
         return 2
     hello = view.state.hello
     out.write(
