@@ -7,8 +7,10 @@ a missing chromium (or Playwright) fails these tests instead of skipping them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -63,3 +65,26 @@ async def browser() -> AsyncIterator[Browser]:
             await page.close()
         finally:
             await chromium.close()
+
+
+async def spawn_cli(*argv: str) -> asyncio.subprocess.Process:
+    """``python -m hil_server.cli ARGV`` with unbuffered output, this tree first on the path."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hil_server.cli",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+
+
+async def line_with(proc: asyncio.subprocess.Process, marker: str) -> str:
+    assert proc.stdout is not None
+    while True:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert line, f"the process ended before printing {marker!r}"
+        if marker in line:
+            return line

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +22,7 @@ from hil_server.app import start_server
 from hil_server.client.client import HilClient
 from hil_server.transport.tcp import HilServer
 from hil_server.view.server import ViewServer
-from tests.view.conftest import Browser
+from tests.view.conftest import Browser, line_with, spawn_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 FAULTS = ROOT / "scenarios" / "fault_showcase.yaml"
@@ -34,17 +35,21 @@ LOAD_S = float(os.environ.get("EIS_HIL_VIEW_LOAD_S", "8"))
 
 @contextlib.asynccontextmanager
 async def served(
-    scenario: Path, speed: float, allow_control: bool = False, mask: int = p.SubscribeMask.ALL
+    scenario: Path,
+    speed: float,
+    allow_control: bool = False,
+    mask: int = p.SubscribeMask.ALL,
+    secret: bytes | None = None,
 ) -> AsyncIterator[tuple[HilServer, HilClient, ViewServer]]:
     """A server at ``speed``, a test client subscribed to ``mask`` and a view listening on a free loopback
     port (the load tests subscribe their client to heartbeats only: the view is what is measured)."""
-    server = await start_server(scenario, speed=speed, heartbeat_s=0.2)
+    server = await start_server(scenario, speed=speed, heartbeat_s=0.2, secret=secret)
     client: HilClient | None = None
     view: ViewServer | None = None
     try:
-        client = await HilClient.connect("127.0.0.1", server.port, name="test")
+        client = await HilClient.connect("127.0.0.1", server.port, name="test", secret=secret)
         await client.subscribe(mask=mask)
-        view = await ViewServer.connect("127.0.0.1", server.port, allow_control=allow_control)
+        view = await ViewServer.connect("127.0.0.1", server.port, allow_control=allow_control, secret=secret)
         await view.listen("127.0.0.1", 0)
         yield server, client, view
     finally:
@@ -235,16 +240,27 @@ async def test_the_page_keeps_up_with_a_96_cell_pack_at_10x(
 async def test_the_page_keeps_up_with_a_1khz_single_cell_stream(
     browser: Browser, record_property: Callable[[str, object], None]
 ) -> None:
+    """``us06_25c`` (10 steps/s) at 100x: 1000 states/s. The server runs as a process of its own (on a bench
+    it would): the view and the browser in this process do not compete with it for one event loop."""
     page = browser.page
-    # 10 steps/s x 100: 1000 states/s
-    async with served(US06, speed=100, mask=p.SubscribeMask.HEARTBEAT) as (_server, _client, view):
+    server = await spawn_cli("--log-level", "warning", "serve", str(US06), "--port", "0", "--speed", "100")
+    view: ViewServer | None = None
+    try:
+        line = await line_with(server, "eis-hil serving")
+        view = await ViewServer.connect("127.0.0.1", int(line.split(" on ")[1].split()[0].rsplit(":", 1)[1]))
+        await view.listen("127.0.0.1", 0)
         await page.goto(view.url)
         await drawn(page)
-        await page.wait_for_timeout(3000)
+        await page.wait_for_timeout(2000)
         lag = await page.evaluate("window.eisView.lagSamples")
         note = await page.text_content("#decimation") or ""
         rate = await page.evaluate("window.eisView.latest.decimation.states_per_s")
         stride = await page.evaluate("window.eisView.latest.decimation.history_stride")
+    finally:
+        if view is not None:
+            await view.stop()
+        server.send_signal(signal.SIGINT)
+        await server.wait()
     p50, worst = _lag_figures(lag)
     for name, value in {"lag_p50_ms": p50, "lag_max_ms": worst, "states_per_s": rate}.items():
         record_property(name, round(value, 1))
@@ -269,11 +285,12 @@ async def _http_get(port: int, path: str, host: str) -> bytes:
 
 
 @pytest.mark.asyncio
-async def test_http_refusals_and_controls_off() -> None:
+async def test_http_refusals_controls_off_and_no_secret() -> None:
     from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidStatus
 
-    async with served(US06, speed=1) as (_server, _client, view):
+    secret = b"bench-secret-4711"
+    async with served(US06, speed=1, secret=secret) as (_server, _client, view):
         port = view.port
         page = await _http_get(port, "/", f"127.0.0.1:{port}")
         assert page.startswith(b"HTTP/1.1 200")
@@ -287,13 +304,14 @@ async def test_http_refusals_and_controls_off() -> None:
             async with connect(f"ws://127.0.0.1:{port}/ws", origin="http://evil.example"):  # type: ignore[arg-type]
                 pass
         async with connect(f"ws://127.0.0.1:{port}/ws", origin=f"http://127.0.0.1:{port}") as ws:  # type: ignore[arg-type]
-            hello = json.loads(await ws.recv())
+            sent = [await ws.recv()]
+            hello = json.loads(sent[0])
             assert hello["type"] == "hello"
             assert hello["controls"] is False
-            assert "secret" not in json.dumps(hello)
             await ws.send(json.dumps({"type": "control", "id": 7, "text": "pause"}))
-            while "replies" not in (update := json.loads(await ws.recv())):
-                pass
+            while "replies" not in (update := json.loads(sent[-1])):
+                sent.append(await ws.recv())
+            assert not any(secret.decode() in str(message) for message in sent)
             assert update["replies"] == [
                 {
                     "type": "reply",
@@ -303,3 +321,28 @@ async def test_http_refusals_and_controls_off() -> None:
                     "answer": "controls are off: start the view with --allow-control",
                 }
             ]
+
+
+@pytest.mark.asyncio
+async def test_the_view_passes_on_only_the_commands_it_offers() -> None:
+    from websockets.asyncio.client import connect
+
+    async with (
+        served(US06, speed=1, allow_control=True) as (server, _client, view),
+        connect(f"ws://127.0.0.1:{view.port}/ws") as ws,
+    ):
+        assert json.loads(await ws.recv())["controls"] is True
+        commands = ["stop", "speed=0", "seek=abc", "spectrum@0"]
+        for ident, text in enumerate(commands):
+            await ws.send(json.dumps({"type": "control", "id": ident, "text": text}))
+        answers: dict[int, tuple[bool, str]] = {}
+        while len(answers) < len(commands):
+            for r in json.loads(await ws.recv()).get("replies", []):
+                answers[r["id"]] = (r["ok"], r["answer"])
+    assert answers == {
+        0: (False, "'stop' is not offered by the view"),
+        1: (False, "'speed=0' is not offered by the view"),
+        2: (False, "seek target (seconds) 'abc' is not a number"),
+        3: (True, "spectrum@0: ACK result=1"),
+    }
+    assert sim_state(server) is p.SimState.RUNNING

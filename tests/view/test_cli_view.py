@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +14,10 @@ from websockets.asyncio.client import connect
 
 from hil_server.app import start_server
 from hil_server.cli import main
+from tests.view.conftest import line_with, spawn_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 FAULTS = ROOT / "scenarios" / "fault_showcase.yaml"
-
-
-async def _spawn(*argv: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hil_server.cli",
-        *argv,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-
-
-async def _line_with(proc: asyncio.subprocess.Process, marker: str) -> str:
-    assert proc.stdout is not None
-    while True:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        assert line, f"the process ended before printing {marker!r}"
-        if marker in line:
-            return line
 
 
 def _port_of(url_line: str) -> int:
@@ -59,9 +36,9 @@ async def _hello(port: int) -> dict[str, Any]:
 @pytest.mark.asyncio
 async def test_serve_with_view_then_ctrl_c() -> None:
     argv = ("serve", str(FAULTS), "--port", "0", "--speed", "10", "--view", "0", "--allow-control")
-    proc = await _spawn(*argv)
+    proc = await spawn_cli(*argv)
     try:
-        line = await _line_with(proc, "eis-hil view: http://127.0.0.1:")
+        line = await line_with(proc, "eis-hil view: http://127.0.0.1:")
         assert "(controls on)" in line
         hello = await _hello(_port_of(line))
         assert (hello["scenario"], hello["cell_count"], hello["controls"]) == ("fault_showcase", 12, True)
@@ -76,8 +53,8 @@ async def test_serve_with_view_then_ctrl_c() -> None:
 async def test_view_of_a_running_server_ends_with_it() -> None:
     server = await start_server(FAULTS, speed=10)
     try:
-        proc = await _spawn("view", "127.0.0.1", str(server.port), "--listen", "127.0.0.1:0")
-        line = await _line_with(proc, "eis-hil view: http://127.0.0.1:")
+        proc = await spawn_cli("view", "127.0.0.1", str(server.port), "--listen", "127.0.0.1:0")
+        line = await line_with(proc, "eis-hil view: http://127.0.0.1:")
         assert "(controls off)" in line
         assert f"stream 127.0.0.1:{server.port}: scenario fault_showcase, 12 cell(s)" in line
         hello = await _hello(_port_of(line))
@@ -137,7 +114,7 @@ async def test_view_on_a_taken_port_names_it() -> None:
             s.bind(("127.0.0.1", 0))
             s.listen()
             taken = s.getsockname()[1]
-            proc = await _spawn("view", "127.0.0.1", str(server.port), "--listen", str(taken))
+            proc = await spawn_cli("view", "127.0.0.1", str(server.port), "--listen", str(taken))
             _, err = await asyncio.wait_for(proc.communicate(), 30)
     finally:
         await server.stop()

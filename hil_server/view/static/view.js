@@ -192,7 +192,7 @@ function renderDecimation(msg) {
     parts.push(`Decimated on the server: ${rate} arrive, this page shows the latest of each batch ` +
       `(at most 10 updates/s).`);
   }
-  if (d.history_stride > 1) parts.push(`The history keeps every ${d.history_stride}th state.`);
+  if (d.history_stride > 1) parts.push(`The history keeps one state in ${d.history_stride}.`);
   el.textContent = parts.join(" ") || "Every state frame shown (no decimation).";
   el.className = parts.length ? "note active" : "note";
   el.dataset.decimated = parts.length ? "1" : "0";
@@ -398,7 +398,9 @@ function renderNyquist() {
     const p = interpolate(latest, Math.log10(f));
     if (!p) continue;
     svgEl(svg, "circle", { class: "decade", cx: px(p.re), cy: py(p.im), r: 3.5, "data-freq": f });
-    svgEl(svg, "text", { class: "decade-label", x: px(p.re) + 5, y: py(p.im) - 5 }, freqLabel(f));
+    const right = px(p.re) > W - m.right - 50; // keep the label inside the plot
+    svgEl(svg, "text", { class: "decade-label", x: px(p.re) + (right ? -5 : 5), y: py(p.im) - 5,
+      "text-anchor": right ? "end" : "start" }, freqLabel(f));
   }
 }
 
