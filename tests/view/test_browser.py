@@ -156,6 +156,15 @@ async def test_the_page_shows_the_stream(browser: Browser) -> None:
         heat = page.locator("#heatmap .cell[data-cell='3'] text.value")
         assert await heat.text_content() == f"{record['voltage_uV'] / 1e6:.3f}"
         await expect(page.locator("#simstate")).to_have_text("PAUSED", timeout=WAIT_MS)
+        await page.select_option("#quantity", "temperature")
+        await expect(heat).to_have_text(f"{record['temperature_mdegC'] / 1e3:.1f}", timeout=WAIT_MS)
+        # every cell, as the mock BMS's table
+        await page.click("#table-details summary")
+        row = page.locator("#cells-table tbody tr").nth(3)
+        volts = f"{record['voltage_uV'] / 1e6:.4f}"
+        await expect(row.locator("td").nth(1)).to_have_text(volts, timeout=WAIT_MS)
+        assert await page.locator("#cells-table tbody tr").count() == 12
+        await page.select_option("#quantity", "voltage")
 
         # controls are off without --allow-control
         assert await page.locator("#pause").is_disabled()  # through the disabled fieldset

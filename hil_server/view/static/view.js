@@ -94,7 +94,9 @@ function setConn(text, cls) {
 }
 
 function send(msg) {
-  if (view.ws && view.ws.readyState === WebSocket.OPEN) view.ws.send(JSON.stringify(msg));
+  if (!view.ws || view.ws.readyState !== WebSocket.OPEN) return false;
+  view.ws.send(JSON.stringify(msg));
+  return true;
 }
 
 function onHello(msg) {
@@ -607,9 +609,10 @@ function control(text) {
   const id = view.nextId++;
   const li = document.createElement("li");
   li.dataset.id = id;
-  li.textContent = `${text}: sent`;
   $("replies").prepend(li);
-  send({ type: "control", id, text });
+  const sent = send({ type: "control", id, text });
+  li.textContent = sent ? `${text}: sent` : `${text}: not sent (the view is disconnected)`;
+  if (!sent) li.className = "nak";
 }
 
 function onReply(r) {
