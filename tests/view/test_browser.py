@@ -60,6 +60,27 @@ async def served(
         await server.stop()
 
 
+@contextlib.asynccontextmanager
+async def served_apart(scenario: Path, speed: float) -> AsyncIterator[ViewServer]:
+    """The server as a process of its own, as on a bench (the load tests: in one event loop with the view and
+    Playwright it competes with them for one core), and a view of it in this process."""
+    server = await spawn_cli(
+        "--log-level", "warning", "serve", str(scenario), "--port", "0", "--speed", str(speed)
+    )
+    view: ViewServer | None = None
+    try:
+        line = await line_with(server, "eis-hil serving")
+        port = int(line.split(" on ")[1].split()[0].rsplit(":", 1)[1])
+        view = await ViewServer.connect("127.0.0.1", port)
+        await view.listen("127.0.0.1", 0)
+        yield view
+    finally:
+        if view is not None:
+            await view.stop()
+        server.send_signal(signal.SIGINT)
+        await server.wait()
+
+
 def sim_state(server: HilServer) -> p.SimState:
     return server.sim_state
 
@@ -214,17 +235,17 @@ async def test_the_page_keeps_up_with_a_96_cell_pack_at_10x(
     browser: Browser, record_property: Callable[[str, object], None]
 ) -> None:
     """The issue's load: 96 cells, 10 steps/s, spectra every 30 s, at 10x real time (the page's lag behind the
-    stream under one second). ``LOAD_S`` seconds here; ``tools/bench_view.py`` runs the 60 s of the issue."""
+    stream under one second: from the server's wall time of a state to the page drawing it, both clocks of
+    this machine). ``LOAD_S`` seconds here; ``tools/bench_view.py`` runs the 60 s of the issue."""
     page = browser.page
-    async with served(PACK, speed=10, mask=p.SubscribeMask.HEARTBEAT) as (server, _client, view):
+    async with served_apart(PACK, speed=10) as view:
         await page.goto(view.url)
         await expect(page.locator("#heatmap .cell")).to_have_count(96, timeout=WAIT_MS)
         await page.click("#heatmap .cell[data-cell='40']")
         start = time.monotonic()
         await page.wait_for_timeout(LOAD_S * 1000)
         seconds = time.monotonic() - start
-        shown = await page.evaluate("window.eisView.shown")
-        behind_s = (server.source.time_us - shown["t_sim_us"]) / 1e6 / 10  # wall seconds at 10x
+        since_drawn_ms = await page.evaluate("Date.now() - window.eisView.shown.at_ms")
         lag = await page.evaluate("window.eisView.lagSamples")
         renders = await page.evaluate("window.eisView.renders")
         decimated = await page.get_attribute("#decimation", "data-decimated")
@@ -239,7 +260,7 @@ async def test_the_page_keeps_up_with_a_96_cell_pack_at_10x(
     }.items():
         record_property(name, round(value, 1))
     assert worst < 1000, f"the page fell {worst:.0f} ms behind the stream"
-    assert behind_s < 1.0
+    assert since_drawn_ms < 1000  # still current at the end
     assert renders >= 3 * seconds  # about 10 a second; a page that stopped drawing would fail here
     assert decimated == "1"  # 100 state frames/s arrive: the page says it shows the latest of each batch
     assert browser.errors == []
@@ -249,15 +270,9 @@ async def test_the_page_keeps_up_with_a_96_cell_pack_at_10x(
 async def test_the_page_keeps_up_with_a_1khz_single_cell_stream(
     browser: Browser, record_property: Callable[[str, object], None]
 ) -> None:
-    """``us06_25c`` (10 steps/s) at 100x: 1000 states/s. The server runs as a process of its own (on a bench
-    it would): the view and the browser in this process do not compete with it for one event loop."""
+    """``us06_25c`` (10 steps/s) at 100x: 1000 states/s."""
     page = browser.page
-    server = await spawn_cli("--log-level", "warning", "serve", str(US06), "--port", "0", "--speed", "100")
-    view: ViewServer | None = None
-    try:
-        line = await line_with(server, "eis-hil serving")
-        view = await ViewServer.connect("127.0.0.1", int(line.split(" on ")[1].split()[0].rsplit(":", 1)[1]))
-        await view.listen("127.0.0.1", 0)
+    async with served_apart(US06, speed=100) as view:
         await page.goto(view.url)
         await drawn(page)
         await page.wait_for_timeout(2000)
@@ -265,11 +280,6 @@ async def test_the_page_keeps_up_with_a_1khz_single_cell_stream(
         note = await page.text_content("#decimation") or ""
         rate = await page.evaluate("window.eisView.latest.decimation.states_per_s")
         stride = await page.evaluate("window.eisView.latest.decimation.history_stride")
-    finally:
-        if view is not None:
-            await view.stop()
-        server.send_signal(signal.SIGINT)
-        await server.wait()
     p50, worst = _lag_figures(lag)
     for name, value in {"lag_p50_ms": p50, "lag_max_ms": worst, "states_per_s": rate}.items():
         record_property(name, round(value, 1))
