@@ -38,17 +38,16 @@ async def served(
     scenario: Path,
     speed: float,
     allow_control: bool = False,
-    mask: int = p.SubscribeMask.ALL,
     secret: bytes | None = None,
 ) -> AsyncIterator[tuple[HilServer, HilClient, ViewServer]]:
-    """A server at ``speed``, a test client subscribed to ``mask`` and a view listening on a free loopback
-    port (the load tests subscribe their client to heartbeats only: the view is what is measured)."""
+    """A server at ``speed`` in this process, a test client subscribed to everything (it sees the stream the
+    view sees) and a view listening on a free loopback port."""
     server = await start_server(scenario, speed=speed, heartbeat_s=0.2, secret=secret)
     client: HilClient | None = None
     view: ViewServer | None = None
     try:
         client = await HilClient.connect("127.0.0.1", server.port, name="test", secret=secret)
-        await client.subscribe(mask=mask)
+        await client.subscribe()
         view = await ViewServer.connect("127.0.0.1", server.port, allow_control=allow_control, secret=secret)
         await view.listen("127.0.0.1", 0)
         yield server, client, view
