@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from hil_server.cli._checks import UsageError
 from hil_server.cli._loop import LOOP_CHOICES
 
 if TYPE_CHECKING:
@@ -56,14 +57,19 @@ def read_secret(args: argparse.Namespace) -> bytes | None:
     """The shared secret of ``--secret-file`` (stripped) or ``--secret-env``; None if neither was given."""
     if getattr(args, "secret_file", None):
         try:
-            return Path(args.secret_file).read_bytes().strip()
+            secret = Path(args.secret_file).read_bytes().strip()
         except OSError as exc:
             raise OSError(f"cannot read the secret file {args.secret_file}: {exc.strerror or exc}") from None
+        if not secret:
+            raise UsageError(f"--secret-file {args.secret_file}: the file is empty (an empty key is no key)")
+        return secret
     env = getattr(args, "secret_env", None)
     if env:
         value = os.environ.get(env)
         if value is None:
             raise ValueError(f"environment variable {env} (--secret-env) is not set")
+        if not value.strip():
+            raise UsageError(f"environment variable {env} (--secret-env) is empty (an empty key is no key)")
         return value.encode()
     return None
 

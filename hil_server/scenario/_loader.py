@@ -310,6 +310,18 @@ class _Builder:
                 detail = str(exc).removeprefix(f"{exc.path}:{exc.line}: ")
                 r.errors.append(Issue(str(exc.path), exc.line, "eis.measured.file", detail))
             return None
+        for spectrum in spectra:
+            negative = spectrum.z.real < 0
+            if negative.any():  # no passive cell has it: a sign or column mix-up, not something to stream
+                k = int(negative.argmax())
+                r.error(
+                    m["file"],
+                    "eis.measured.file",
+                    f"{file}: {spectrum.origin or spectrum.cell_id}: Re(Z) < 0 at {spectrum.freq_hz[k]:g} Hz "
+                    f"({spectrum.z.real[k]:g} ohm) and {int(negative.sum()) - 1} more point(s): not the "
+                    "impedance of a cell (columns swapped, or a sign?)",
+                )
+                return None
         return MeasuredEis(file, cast(MeasuredSelect, select), spectra)
 
     def _beside(self, node: yaml.Node, path: str, ref: str, what: str) -> Path | None:
@@ -366,22 +378,24 @@ class _Builder:
             return tuple(values) if values else None
         lo, hi, ppd = _DEFAULT_GRID
         if "frequencies" in m:
-            g = r.mapping(
-                m["frequencies"],
-                "eis.frequencies",
-                ("min_hz", "max_hz", "points_per_decade"),
-                required=("min_hz", "max_hz", "points_per_decade"),
-            )
-            if g is None or len(g) < 3:
+            # each key has its documented default (scenarios/README.md): give only what differs
+            g = r.mapping(m["frequencies"], "eis.frequencies", ("min_hz", "max_hz", "points_per_decade"))
+            if g is None:
                 return None
-            lo_ = r.number(g["min_hz"], "eis.frequencies.min_hz", band)
-            hi_ = r.number(g["max_hz"], "eis.frequencies.max_hz", band)
-            ppd_ = r.integer(g["points_per_decade"], "eis.frequencies.points_per_decade", Range(1, 100))
+            lo_ = r.number(g["min_hz"], "eis.frequencies.min_hz", band) if "min_hz" in g else lo
+            hi_ = r.number(g["max_hz"], "eis.frequencies.max_hz", band) if "max_hz" in g else hi
+            ppd_ = (
+                r.integer(g["points_per_decade"], "eis.frequencies.points_per_decade", Range(1, 100))
+                if "points_per_decade" in g
+                else ppd
+            )
             if lo_ is None or hi_ is None or ppd_ is None:
                 return None
             if lo_ >= hi_:
                 r.error(
-                    g["min_hz"], "eis.frequencies.min_hz", f"expected min_hz < max_hz ({hi_:g}), got {lo_:g}"
+                    g.get("min_hz", m["frequencies"]),
+                    "eis.frequencies.min_hz",
+                    f"expected min_hz < max_hz ({hi_:g}), got {lo_:g}",
                 )
                 return None
             lo, hi, ppd = lo_, hi_, ppd_

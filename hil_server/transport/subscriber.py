@@ -24,7 +24,9 @@ class Served(Protocol):
     source: Source
     streaming_changed: asyncio.Event
 
-    def apply_control(self, msg: p.Control) -> int: ...
+    def apply_control(self, msg: p.Control, owner: object = None) -> int: ...
+
+    def fault_starts(self, session: object) -> list[p.FaultEvent]: ...
 
     def update_eis_modes(self) -> None: ...
 
@@ -71,8 +73,12 @@ class Subscriber:
 
     def subscribe_request(self, seq: int, msg: p.Subscribe, cells: tuple[int, ...], now: float) -> None:
         """A SUBSCRIBE that passed the session's checks: subscribe, ACK with the number of cells."""
+        events_before = self.mask & p.SubscribeMask.FAULT_EVENT
         self.set_subscription(msg.msg_mask, msg.state_divider, msg.eis_mode, cells)
         self.reply(p.Ack(seq, 0, len(cells) if cells else self.server.source.n_cells), now)
+        if self.mask & p.SubscribeMask.FAULT_EVENT and not events_before:
+            for event in self.server.fault_starts(self):  # the faults already active (SPEC.md 6.4)
+                self.reply(event, now)
 
     def control_request(self, seq: int, msg: p.Control, now: float) -> None:
         """A CONTROL: at most ``control_rate_per_s`` a second (token bucket), applied to the server, answered
@@ -86,7 +92,7 @@ class Subscriber:
             return
         self.control_tokens -= 1
         try:
-            result = self.server.apply_control(msg)
+            result = self.server.apply_control(msg, self)
         except ControlRefusedError as exc:
             self.reply(p.Nak(seq, msg.command, exc.code, str(exc)[:DETAIL_MAX]), now)
             self.log.info("control refused", command=msg.command, reason=str(exc))

@@ -91,7 +91,7 @@ class Session(Subscriber, ServerSession, SendQueue):
             self, logger=log.bind(session=sid, peer=str(writer.get_extra_info("peername")))
         )
         SendQueue.__init__(self, cfg.queue_frames, self.wake, self.room)
-        self.last_rx = time.monotonic()
+        self.last_rx = self.opened = time.monotonic()
         self.init_subscription(0, self.last_rx)
 
     @property
@@ -155,15 +155,15 @@ class Session(Subscriber, ServerSession, SendQueue):
                 return
 
     async def _stuck(self, stuck_s: float) -> None:
-        """Disconnect a client whose socket accepted nothing for ``stuck_s``: what is still queued is dropped,
-        BYE SLOW_CONSUMER goes right behind the bytes already buffered, and the peer gets another ``stuck_s``
-        to read up to it before the connection is cut (SPEC.md section 8)."""
+        """Disconnect a client whose socket accepted nothing for ``stuck_s``: the telemetry still queued is
+        dropped, BYE SLOW_CONSUMER goes right behind the bytes already buffered and the replies still queued,
+        and the peer gets another ``stuck_s`` to read up to it before the connection is cut (SPEC.md 8)."""
         self.log.warning("client stuck, disconnecting", stuck_s=stuck_s)
         self.closing = True
-        self.discard()
         message = f"socket accepted nothing for {stuck_s:g} s"
-        self.writer.write(self.encoder.encode(p.Bye(p.ErrorCode.SLOW_CONSUMER, message)))
-        self.frames_sent += 1
+        frames, data = self.last_words(p.Bye(p.ErrorCode.SLOW_CONSUMER, message))  # replies before the BYE
+        self.writer.write(data)
+        self.frames_sent += frames
         try:
             await asyncio.wait_for(self.writer.drain(), stuck_s)
         except (TimeoutError, ConnectionError, OSError):
@@ -276,6 +276,7 @@ class HilServer(StreamScheduler, StreamControl):
         self.lateness_us: list[float] = []
         self._behind_logged = -math.inf
         self._gc_started = 0.0
+        self.fault_owners: dict[int, object] = {}
         self.tick_cost_s = 0.0
         """Wall time of one source tick, a moving average (what a SEEK's steps are estimated to cost)."""
         self.rx_bad = 0
