@@ -1212,6 +1212,21 @@ def test_ctrl_c_during_training_keeps_the_epochs_trained(tmp_path: Path, small_s
     assert read_metadata(tmp_path).raw["interrupted"] is True
 
 
+def test_fault_labels_at_nearly_the_same_time_share_one_label() -> None:
+    """Issue 16: fault labels on the timeline overlapped each other and the curves; they now stand above
+    the plot, one label for the marks within 2 % of the time line."""
+    from hil_server.capture.export import _label_groups
+
+    start, end = int(p.FaultPhase.START), int(p.FaultPhase.END)
+    marks = [(420.0, "CONTACT_RESISTANCE", start), (0.0, "NOISE", start), (425.0, "DROP_FRAMES", end)]
+    marks.append((1000.0, "NOISE", end))
+    assert _label_groups(marks) == [
+        (0.0, "NOISE start", True),
+        (420.0, "CONTACT_RESISTANCE start / DROP_FRAMES end", True),
+        (1000.0, "NOISE end", False),
+    ]
+
+
 # -- environment ---------------------------------------------------------------------------------------
 
 
