@@ -401,10 +401,11 @@ def _plot(collector: _Collector, out_dir: Path, title: str) -> list[Path]:
         pngs.append(_save(fig, out_dir / f"nyquist_cell{cell:03d}.png"))
 
         fig, (ax_mag, ax_phase) = plt.subplots(2, 1, sharex=True, figsize=(6.5, 6))
-        for t, f, z, _label in shown:
+        for t, f, z, label in shown:
             color = cmap(norm(t))
-            ax_mag.loglog(f, np.abs(z) * 1e3, ".-", color=color, lw=1, ms=3)
+            ax_mag.loglog(f, np.abs(z) * 1e3, ".-", color=color, lw=1, ms=3, label=label)
             ax_phase.semilogx(f, np.degrees(np.angle(z)), ".-", color=color, lw=1, ms=3)
+        ax_mag.legend(fontsize=6, loc="best")
         ax_mag.set_ylabel("|Z| / mOhm")
         ax_phase.set_ylabel("phase / deg")
         ax_phase.set_xlabel("frequency / Hz")
