@@ -1037,6 +1037,12 @@ BAD_COMMAND_LINES: list[tuple[str, str, int, str]] = [
     ("tflite_out_missing_dir", "export-tflite --out {TMP}/no/m.tflite", 2, "/no does not exist"),
     ("serve_record_exists", "serve {US06} --record {exists.eiscap}", 2, "exists; refusing to overwrite"),
     ("repair_exists", "capture check {CAP} --repair {exists.eiscap}", 2, "exists; refusing to overwrite"),
+    (
+        "calibrate_bad_name",
+        "calibrate --profile zhang2020 --spectra {latin1.csv} --name ../x",
+        2,
+        "--name '../x': use letters, digits",
+    ),
     # input files: one shared text reader names the file and line
     ("points_binary", "spectrum --points {binary.csv}", 2, "binary.csv:2: binary data, not text"),
     (
@@ -1181,7 +1187,7 @@ def test_a_closed_pipe_exits_141_quietly(tmp_path: Path) -> None:
         env=env,
     )
     assert proc.stdout is not None
-    assert proc.stdout.readline().startswith(b"row,freq_hz")
+    assert proc.stdout.readline().startswith(b"row,profile,soc,temp_c,soh,freq_hz")
     proc.stdout.close()  # what head does after its lines
     err = proc.stderr.read() if proc.stderr else b""
     assert proc.wait(timeout=60) == 141
