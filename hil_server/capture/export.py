@@ -83,7 +83,7 @@ class ExportResult:
     truncated_bytes: int = 0
     stop_reason: str | None = None
     damage: list[DamagedSpan] = dataclasses.field(default_factory=list)
-    """Damaged spans skipped in the middle of the capture (CAPTURE.md 6.2); a torn tail is not one."""
+    """Damaged spans skipped in the middle of the capture (CAPTURE.md 6.1); a torn tail is not one."""
 
     def summary(self) -> str:
         text = (
