@@ -860,6 +860,18 @@ def test_every_bundled_scenario_streams_spectra_the_validity_check_can_judge(pat
     assert len(scenario.eis.frequencies_hz) >= FRAME_M + 3, f"{path.name}: KK would be n/a"
 
 
+def test_validate_notes_a_grid_too_small_for_the_kk_figure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hil_server.cli import main
+
+    path = tmp_path / "small.yaml"
+    path.write_text(_scenario_text() + "eis: {frequencies: {min_hz: 0.1, points_per_decade: 5}}\n")
+    assert main(["validate", str(path)]) == 0  # a note, not an error
+    out = capsys.readouterr().out
+    assert f"{path}: note: eis grid of 26 points; the KK validity figure of each spectrum needs 33" in out
+
+
 def test_truncated_capture_replays_up_to_its_last_whole_record(tmp_path: Path) -> None:
     """A capture cut mid-record (a crash while recording): every complete record is read back, the torn
     tail is reported with the file, its offset and why, and reading never raises."""
