@@ -1144,6 +1144,20 @@ def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(
     monkeypatch.setenv("EIS_HIL_DEBUG", "1")
     with pytest.raises(RuntimeError, match="boom"):
         main(["decode", "-"])
+    monkeypatch.delenv("EIS_HIL_DEBUG")
+
+    def bad_input(_args: object) -> int:  # an input error a command forgot to catch is still bad input
+        from hil_server.scenario import Issue, ScenarioError
+
+        raise ScenarioError(
+            [Issue("s.yaml", 3, "cells.count", "expected an integer"), Issue("s.yaml", 9, "", "x")]
+        )
+
+    monkeypatch.setattr(decode, "run", bad_input)
+    assert main(["decode", "-"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "s.yaml:3: cells.count: expected an integer;" in err
 
 
 @pytest.mark.parametrize(
