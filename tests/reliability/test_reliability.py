@@ -872,6 +872,24 @@ def test_validate_notes_a_grid_too_small_for_the_kk_figure(
     assert f"{path}: note: eis grid of 26 points; the KK validity figure of each spectrum needs 33" in out
 
 
+def test_us06_drives_long_enough_to_reach_the_cut_off_it_promises() -> None:
+    """Issue 16: us06_25c said 'discharged to 3.0 V' but its 20 passes drew 57 % of the charge and ended at
+    3.70 V. Without running 8 simulated hours: the passes of its drive must draw more than the charge the
+    cell holds, so the 3.0 V condition ends the drive, not the pass count (eis-hil run measured it: the
+    drive ends by cutoff_low)."""
+    from hil_server.scenario import DriveCycleSegment, load_scenario
+    from hil_server.sim.profiles import PROFILES
+
+    scenario = load_scenario(US06)
+    assert "discharged to 3.0 V" in scenario.description
+    (drive,) = [s for s in scenario.timeline if isinstance(s, DriveCycleSegment)]
+    assert drive.until is not None
+    cycle = drive.cycle
+    charge_per_pass_ah = float(np.trapezoid(cycle.value, cycle.time_s)) * drive.scale / 3600
+    capacity_ah = scenario.cells.capacity_ah or PROFILES[scenario.cells.profile].capacity_ah
+    assert drive.loops * charge_per_pass_ah > 1.3 * capacity_ah * scenario.cells.soc
+
+
 def test_truncated_capture_replays_up_to_its_last_whole_record(tmp_path: Path) -> None:
     """A capture cut mid-record (a crash while recording): every complete record is read back, the torn
     tail is reported with the file, its offset and why, and reading never raises."""
