@@ -18,6 +18,7 @@ LAYERS: dict[str, set[str]] = {
     "cli": {
         "app",
         "testing",
+        "view",
         "transport",
         "capture",
         "client",
@@ -32,6 +33,8 @@ LAYERS: dict[str, set[str]] = {
         "__init__",
     },
     "testing": {"app", "client", "transport", "protocol", "__init__"},
+    # The browser view is one more protocol client: it stands on client/ alone, like a BMS would.
+    "view": {"client", "protocol", "__init__"},
     "app": {
         "transport",
         "capture",

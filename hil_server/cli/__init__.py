@@ -63,6 +63,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert", "potentiostat files (Gamry, BioLogic, ...) to the generic CSV and back"),
     "can-bridge": ("can_bridge", "send cell states as CAN frames defined by a DBC (python-can)"),
     "capture": ("capture", "check a capture file for damage (capture check FILE), write a repaired copy"),
+    "view": ("view", "live browser view of a server's stream: pack heat map, spectra, faults, timing"),
 }
 """Command name -> (module in this package, help line)."""
 

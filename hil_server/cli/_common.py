@@ -105,16 +105,23 @@ class ScenarioStartError(Exception):
     """``start_scenario`` could not start the scenario: one line naming the file and why."""
 
 
-async def start_scenario(args: argparse.Namespace, secret: bytes | None) -> HilServer:
+async def start_scenario(args: argparse.Namespace, secret: bytes | None, *, listen: bool = True) -> HilServer:
     """The server of a bridge's ``--scenario`` (``add_source_args``): on a free loopback port, at ``--speed``
-    (0 starts unpaced; the bridge then sets the speed its medium carries)."""
+    (0 starts unpaced; the bridge then sets the speed its medium carries). ``listen`` False: no port, the
+    bridge attaches its medium as the server's own transport."""
     from hil_server.app import start_server
     from hil_server.model.store import ModelLoadError
     from hil_server.scenario import ScenarioError
 
     try:
         return await start_server(
-            args.scenario, seed=args.seed, host="127.0.0.1", port=0, speed=max(args.speed, 0.0), secret=secret
+            args.scenario,
+            seed=args.seed,
+            listen=listen,
+            host="127.0.0.1",
+            port=0,
+            speed=max(args.speed, 0.0),
+            secret=secret,
         )
     except ScenarioError as exc:
         raise ScenarioStartError(

@@ -21,10 +21,14 @@ from hil_server.cli._common import (
 )
 from hil_server.cli._loop import run as run_loop
 from hil_server.cli.protocol_demo import run_demo
+from hil_server.cli.view import EXTRA_HINT, add_view_option, connect_host, start_view
+from hil_server.cli.view import banner as view_banner
+from hil_server.client.client import ClientError
 from hil_server.client.text import describe
 
 if TYPE_CHECKING:
     from hil_server.transport.tcp import HilServer
+    from hil_server.view.server import ViewServer
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +52,7 @@ async def _serve(args: argparse.Namespace, scenario: Path, demo_seconds: float |
         record=getattr(args, "record", None),
     )
     tasks: list[asyncio.Task[Any]] = []
+    view = await _view_beside(server, args, secret)
     if demo_seconds is not None:
         # About four state lines per second of wall time, whatever the speed.
         divider = max(1, round(args.speed / server.engine.dt_s / 4)) if args.speed > 0 else 100
@@ -55,7 +60,34 @@ async def _serve(args: argparse.Namespace, scenario: Path, demo_seconds: float |
     banner = (
         f"eis-hil serving {scenario.name} on {args.host}:{server.port} at {args.speed:g}x; Ctrl-C stops\n"
     )
-    return await serve_until_stopped(server, banner, tasks)
+    if view is None:
+        return await serve_until_stopped(server, banner, tasks)
+    try:
+        return await serve_until_stopped(server, banner + view_banner(view), tasks)
+    finally:
+        await view.stop()
+
+
+async def _view_beside(
+    server: HilServer, args: argparse.Namespace, secret: bytes | None
+) -> ViewServer | None:
+    """``serve --view``: the browser view, a client of this server like any other; the server is stopped
+    when the view cannot start (the port is taken, the extra is missing)."""
+    if getattr(args, "view", None) is None:
+        return None
+    try:
+        return await start_view(
+            connect_host(args.host), server.port, args.view, secret, args.allow_control, 5.0, "--view"
+        )
+    except ImportError:
+        await server.stop()
+        raise ValueError(EXTRA_HINT) from None
+    except (ClientError, TimeoutError) as exc:
+        await server.stop()
+        raise ValueError(f"--view: the view could not join the stream: {exc}") from None
+    except BaseException:  # OSError: the port is taken (start_view names it)
+        await server.stop()
+        raise
 
 
 async def serve_until_stopped(
@@ -147,6 +179,7 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="also record the whole stream (all cells, all kinds) to a capture file",
     )
+    add_view_option(serve)
 
 
 GROUP = {"demo": (add_demo_arguments, cmd_demo), "serve": (add_serve_arguments, cmd_serve)}

@@ -15,7 +15,8 @@ from typing import cast
 import numpy as np
 import yaml
 
-from protocol._constants import FaultKind
+from hil_server.model.profiles import NAME_RE
+from protocol import FaultKind
 
 from ._drive_cycles import BUNDLED, BUNDLED_DIR, DriveCycleError, load_drive_cycle
 from ._errors import Issue, ScenarioError
@@ -54,8 +55,6 @@ from ._yaml import RefusedError, compose, read_limited
 
 MAX_MEASURED_BYTES = 64 << 20
 """Largest measured-spectra CSV a scenario may name (about 800 000 points)."""
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-"""Same rule as hil_server.model.profiles.NAME_RE, used for scenario names, profiles and labels."""
 MAX_CELLS = 4096
 MAX_EIS_POINTS = 337
 """The most points one EIS_SPECTRUM frame carries (protocol/SPEC.md)."""

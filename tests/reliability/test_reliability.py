@@ -195,11 +195,11 @@ MALFORMED = [
         p.ErrorCode.UNSUPPORTED_VERSION,
         "protocol version 2 (accepted: [1])",
     ),
-    (
+    (  # a HEARTBEAT: a malformed request (SUBSCRIBE, CONTROL) gets a NAK instead (SPEC.md 6.1)
         "short_payload",
-        lambda s: p.frame_payload(p.MsgType.SUBSCRIBE, b"\x01\x00\x00", s),
+        lambda s: p.frame_payload(p.MsgType.HEARTBEAT, b"\x01\x00\x00", s),
         p.ErrorCode.MALFORMED_PAYLOAD,
-        "Subscribe: payload of 3 bytes is too short",
+        "Heartbeat: payload of 3 bytes is too short",
     ),
     (
         "invalid_utf8",
@@ -426,21 +426,25 @@ async def test_an_unknown_command_is_unknown_whatever_its_other_fields() -> None
 
 
 @pytest.mark.asyncio
-async def test_an_absurd_load_current_is_clamped_by_the_cell_limits() -> None:
-    """SET_LOAD_CURRENT with the largest i64 (9.2e12 A): the cell model clamps to its current limit and flags
-    it; the frames stay encodable (the wire field is i32) and the stream goes on."""
+async def test_an_absurd_load_current_is_refused_with_the_cells_limit() -> None:
+    """SET_LOAD_CURRENT with the largest i64 (9.2e12 A) is refused with the cells' limit (SPEC.md 4, CONTROL);
+    the limit itself is carried out, and the stream goes on."""
     async with serving() as (server, good):
         await good.subscribe(mask=p.SubscribeMask.CELL_STATES)
         controller = await HilClient.connect("127.0.0.1", server.port, name="controller")
-        assert isinstance(await controller.control(p.Control.set_load_current(2**63 - 1)), p.Ack)
+        nak = await controller.control(p.Control.set_load_current(2**63 - 1))
+        assert isinstance(nak, p.Nak)
+        assert nak.code == p.ErrorCode.OUT_OF_RANGE
+        limit_uA = round(server.engine.profile.current_max_a * 1e6)
+        assert f"..{limit_uA} uA" in nak.message
+        assert isinstance(await controller.control(p.Control.set_load_current(limit_uA)), p.Ack)
         await controller.close()
         for _ in range(3000):
             states = await good.next_message(p.CellStates, timeout=10)
-            if states.records["flags"][0] & p.CellFlags.CURRENT_LIMIT:
+            if abs(int(states.records["current_uA"][0]) - limit_uA) <= 1:
                 break
         else:
-            raise AssertionError("the current limit flag never showed")
-        assert 0 < states.records["current_uA"][0] < 2**31 - 1
+            raise AssertionError("the load current never reached the limit")
         await whole_stream(good, 30)
 
 
