@@ -1,5 +1,5 @@
 """Records kept from a damaged capture: bits flipped at random in a recorded session, read back with the
-resynchronising reader (CAPTURE.md 6.2), against what a reader that stops at the first bad record keeps.
+resynchronising reader (CAPTURE.md 6.1), against what a reader that stops at the first bad record keeps.
 
     .venv/bin/python tools/bench_capture_damage.py [--states 120] [--flips 1 50] [--seed 1]
 

@@ -83,7 +83,7 @@ class ExportResult:
     truncated_bytes: int = 0
     stop_reason: str | None = None
     damage: list[DamagedSpan] = dataclasses.field(default_factory=list)
-    """Damaged spans skipped in the middle of the capture (CAPTURE.md 6.2); a torn tail is not one."""
+    """Damaged spans skipped in the middle of the capture (CAPTURE.md 6.1); a torn tail is not one."""
 
     def summary(self) -> str:
         text = (
@@ -130,9 +130,10 @@ class _CellSeries:
     i: list[float] = dataclasses.field(default_factory=list)
     temp: list[float] = dataclasses.field(default_factory=list)
     soc: list[float] = dataclasses.field(default_factory=list)
-    spectra: list[tuple[float, npt.NDArray[np.float64], npt.NDArray[np.complex128]]] = dataclasses.field(
+    spectra: list[tuple[float, npt.NDArray[np.float64], npt.NDArray[np.complex128], str]] = dataclasses.field(
         default_factory=list
     )
+    """(simulation time, frequencies, impedance, its operating point as a label) of each spectrum."""
 
 
 class _Collector:
@@ -270,7 +271,9 @@ class _Collector:
         s = self._plotted(msg.cell)
         if s is not None:
             z = msg.z_re_ohm.astype(np.float64) + 1j * msg.z_im_ohm.astype(np.float64)
-            s.spectra.append((msg.t_sim_us / 1e6, msg.freq_hz.astype(np.float64), z))
+            t_s, soc, temp = msg.t_sim_us / 1e6, msg.soc_ppm / 1e4, msg.temperature_mdegC / 1e3
+            label = f"SOC {soc:.0f} %, {temp:.0f} C, t {t_s:.0f} s"
+            s.spectra.append((msg.t_sim_us / 1e6, msg.freq_hz.astype(np.float64), z, label))
 
     def _fault(self, msg: p.FaultEvent, t_capture_s: float) -> None:
         cells = msg.cells.tolist()
@@ -375,7 +378,7 @@ def _plot(collector: _Collector, out_dir: Path, title: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     pngs: list[Path] = []
-    t_all = [t for s in collector.series.values() for t, _, _ in s.spectra]
+    t_all = [t for s in collector.series.values() for t, *_ in s.spectra]
     norm = matplotlib.colors.Normalize(min(t_all, default=0.0), max(t_all, default=1.0) or 1.0)
     cmap = matplotlib.colormaps["viridis"]
     for cell, series in sorted(collector.series.items()):
@@ -385,8 +388,10 @@ def _plot(collector: _Collector, out_dir: Path, title: str) -> list[Path]:
         note = f"{len(shown)} of {len(series.spectra)} spectra" if len(shown) < len(series.spectra) else ""
 
         fig, ax = plt.subplots(figsize=(6.5, 5.5))
-        for t, _f, z in shown:
-            ax.plot(z.real * 1e3, -z.imag * 1e3, ".-", color=cmap(norm(t)), lw=1, ms=3)
+        for k, (t, f, z, label) in enumerate(shown):
+            ax.plot(z.real * 1e3, -z.imag * 1e3, ".-", color=cmap(norm(t)), lw=1, ms=3, label=label)
+            _mark_decades(ax, f, z * 1e3, annotate=k == len(shown) - 1)
+        ax.legend(fontsize=6, loc="best", title="operating point (decades: black dots)", title_fontsize=6)
         ax.set_xlabel("Re(Z) / mOhm")
         ax.set_ylabel("-Im(Z) / mOhm")
         ax.set_aspect("equal", adjustable="datalim")
@@ -396,10 +401,11 @@ def _plot(collector: _Collector, out_dir: Path, title: str) -> list[Path]:
         pngs.append(_save(fig, out_dir / f"nyquist_cell{cell:03d}.png"))
 
         fig, (ax_mag, ax_phase) = plt.subplots(2, 1, sharex=True, figsize=(6.5, 6))
-        for t, f, z in shown:
+        for t, f, z, label in shown:
             color = cmap(norm(t))
-            ax_mag.loglog(f, np.abs(z) * 1e3, ".-", color=color, lw=1, ms=3)
+            ax_mag.loglog(f, np.abs(z) * 1e3, ".-", color=color, lw=1, ms=3, label=label)
             ax_phase.semilogx(f, np.degrees(np.angle(z)), ".-", color=color, lw=1, ms=3)
+        ax_mag.legend(fontsize=6, loc="best")
         ax_mag.set_ylabel("|Z| / mOhm")
         ax_phase.set_ylabel("phase / deg")
         ax_phase.set_xlabel("frequency / Hz")
@@ -416,6 +422,42 @@ def _plot(collector: _Collector, out_dir: Path, title: str) -> list[Path]:
     if collector.band:
         pngs.append(_timeline(collector, out_dir, title, plt))
     return pngs
+
+
+def _mark_decades(ax: Any, f: npt.NDArray[np.float64], z: npt.NDArray[np.complex128], annotate: bool) -> None:
+    """A black dot on the curve at each whole decade of frequency in its band (the nearest point in log f
+    within a tenth of a decade); on one curve (``annotate``) each dot is labelled, e.g. 1e+02 Hz."""
+    ok = np.isfinite(z) & (f > 0)
+    if ok.sum() < 2:
+        return
+    lf, zz = np.log10(f[ok]), z[ok]
+    for decade in range(int(np.ceil(lf.min())), int(np.floor(lf.max())) + 1):
+        k = int(np.argmin(np.abs(lf - decade)))
+        if abs(lf[k] - decade) > 0.1:
+            continue
+        x, y = float(zz[k].real), float(-zz[k].imag)
+        ax.plot([x], [y], "o", color="black", ms=3, zorder=3)
+        if annotate:
+            ax.annotate(f"1e{decade:+03d} Hz", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=6)
+
+
+def _label_groups(marks: Sequence[tuple[float, str, int]]) -> list[tuple[float, str, bool]]:
+    """Fault marks whose times lie within 2 % of the timeline of each other, as one label each (time of the
+    first, the texts joined, whether any is a start): labels at nearly the same time would overlap."""
+    if not marks:
+        return []
+    ordered = sorted(marks, key=lambda m: m[0])
+    gap = 0.02 * max(ordered[-1][0] - ordered[0][0], 1e-9)
+    groups: list[tuple[float, list[str], bool]] = []
+    for t, kind, phase in ordered:
+        start = phase == p.FaultPhase.START
+        text = f"{kind} {'start' if start else 'end'}"
+        if groups and t - groups[-1][0] <= gap:
+            groups[-1][1].append(text)
+            groups[-1] = (groups[-1][0], groups[-1][1], groups[-1][2] or start)
+        else:
+            groups.append((t, [text], start))
+    return [(t, " / ".join(texts), any_start) for t, texts, any_start in groups]
 
 
 def _with_breaks(t: npt.ArrayLike, *ys: npt.ArrayLike) -> tuple[npt.NDArray[np.float64], ...]:
@@ -456,27 +498,36 @@ def _timeline(collector: _Collector, out_dir: Path, title: str, plt: Any) -> Pat
         ax.set_ylabel(label, fontsize=9)
         ax.grid(alpha=0.3)
     marks = collector.fault_marks
-    for t_mark, kind, phase in marks:
+    for t_mark, _kind, phase in marks:
         start = phase == p.FaultPhase.START
         for ax in axes:
             ax.axvline(
                 t_mark, color="tab:red" if start else "0.4", ls="-" if start else "--", lw=0.8, alpha=0.8
             )
-        if len(marks) <= 30:
-            axes[0].annotate(
-                f"{kind} {'start' if start else 'end'}",
-                (t_mark, 1.0),
-                xycoords=("data", "axes fraction"),
-                rotation=90,
-                fontsize=6,
-                va="top",
-                ha="right",
-                color="tab:red" if start else "0.3",
-            )
+    groups = _label_groups(marks)
+    for t_mark, text, any_start in groups if len(groups) <= 30 else []:  # above the plot, not on the curves
+        axes[0].annotate(
+            text,
+            (t_mark, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, 2),
+            textcoords="offset points",
+            rotation=90,
+            fontsize=6,
+            va="bottom",
+            ha="center",
+            color="tab:red" if any_start else "0.3",
+            annotation_clip=False,
+        )
     axes[-1].set_xlabel("simulation time / s")
     shown = sorted(collector.series)
     subtitle = f"cells {cell_ranges(shown)}" + (f" of {n_cells} (band: all)" if n_cells > len(shown) else "")
-    axes[0].set_title(f"{title}: state timeline, {subtitle}; faults: red start, grey end", fontsize=10)
+    axes[0].set_title(
+        f"{title}: state timeline, {subtitle}; faults: red start, grey end",
+        fontsize=10,
+        # room for the fault labels above the plot: 6 pt text rotated, about 3.8 pt a character
+        pad=8 + 3.8 * max(len(text) for _, text, _ in groups) if groups and len(groups) <= 30 else 6,
+    )
     if shown:
         axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, out_dir / "timeline.png")

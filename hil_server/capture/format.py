@@ -276,7 +276,7 @@ class CaptureWriter:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DamagedSpan:
-    """Bytes of a capture that hold no valid record: ``iter_records`` skipped them (CAPTURE.md 6.2)."""
+    """Bytes of a capture that hold no valid record: ``iter_records`` skipped them (CAPTURE.md 6.1)."""
 
     offset: int
     """File offset of the first byte that is not part of a valid record."""
@@ -469,7 +469,7 @@ def _frame_record_starts(fd: int, start: int, end: int) -> Iterator[int]:
 
 
 def _resync(fd: int, start: int, end: int) -> RawRecord | None:
-    """The first valid FRAME record at an offset >= ``start`` (CAPTURE.md 6.2), or None."""
+    """The first valid FRAME record at an offset >= ``start`` (CAPTURE.md 6.1), or None."""
     for at in _frame_record_starts(fd, start, end):
         record, _, _ = _read_at(fd, at)
         if record is not None:
@@ -486,7 +486,7 @@ def _count_lost(fd: int, start: int, stop: int) -> int:
 
 def scan_records(capture: Capture) -> Iterator[RawRecord]:
     """Every valid record in file order, whatever its kind. After a record that is not valid the reader
-    resynchronises on the next valid FRAME record (CAPTURE.md section 6.2): each skipped span is appended
+    resynchronises on the next valid FRAME record (CAPTURE.md section 6.1): each skipped span is appended
     to ``capture.damage`` and logged; a span that reaches the end of the file after a cut-off record is a
     torn tail (``capture.truncated_bytes``, ``capture.stop_reason``)."""
     capture.truncated_bytes = 0

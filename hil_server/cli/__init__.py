@@ -190,16 +190,28 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        from hil_server.cli._checks import UsageError
-
-        if isinstance(exc, UsageError | OSError | UnicodeError):
-            _fail(command, str(exc))
+        if _is_bad_input(exc):
+            _fail(command, str(exc).replace("\n", "; "))
             return EXIT_BAD_INPUT
         _fail(command, f"internal error: {type(exc).__name__}: {exc} (--debug shows the traceback)")
         return EXIT_FAILED
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _is_bad_input(exc: BaseException) -> bool:
+    """Whether ``exc`` is about the input (a file, an option) rather than a bug: the errors the library
+    raises for what it was given, and the OS errors of the files named."""
+    from hil_server.capture.format import CaptureError
+    from hil_server.cli._checks import UsageError
+    from hil_server.eis_data import EisDataError
+    from hil_server.eis_data.textfile import TextFileError
+    from hil_server.model.store import ModelLoadError
+    from hil_server.scenario import ScenarioError
+
+    bad = (UsageError, OSError, UnicodeError, CaptureError, EisDataError, TextFileError, ModelLoadError)
+    return isinstance(exc, (*bad, ScenarioError))
 
 
 def _run(words: list[str], command: str | None) -> int:

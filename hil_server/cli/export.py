@@ -147,5 +147,5 @@ def add_arguments(exp: argparse.ArgumentParser) -> None:
     exp.add_argument(
         "--salvage",
         action="store_true",
-        help="a damaged capture (records lost in the middle, CAPTURE.md 6.2) exits 0, not 1",
+        help="a damaged capture (records lost in the middle, CAPTURE.md 6.1) exits 0, not 1",
     )

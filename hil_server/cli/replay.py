@@ -26,7 +26,7 @@ def add_arguments(rp: argparse.ArgumentParser) -> None:
     rp.add_argument(
         "--salvage",
         action="store_true",
-        help="serve a damaged capture (records lost in the middle, CAPTURE.md 6.2) instead of exiting 1",
+        help="serve a damaged capture (records lost in the middle, CAPTURE.md 6.1) instead of exiting 1",
     )
 
 

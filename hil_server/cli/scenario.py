@@ -98,17 +98,29 @@ def _ending(run: dict[str, Any]) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from hil_server.model.linkk import FRAME_M
     from hil_server.scenario import ScenarioError, load_scenario, validate_files
     from hil_server.sim.run import scenario_limit_issues
 
     issues = validate_files(args.files)
+    notes = []
     for file in sorted(set(args.files) - {issue.file for issue in issues}):
         try:  # the file itself is valid: are its values within the cell's limits?
-            issues += scenario_limit_issues(load_scenario(file))
+            scenario = load_scenario(file)
         except ScenarioError as exc:
             issues += exc.errors
+            continue
+        issues += scenario_limit_issues(scenario)
+        n = len(scenario.eis.frequencies_hz)
+        if n < FRAME_M + 3:
+            notes.append(
+                f"{file}: note: eis grid of {n} points; the KK validity figure of each spectrum needs "
+                f"{FRAME_M + 3} and will be n/a"
+            )
     for issue in issues:
         write(f"{issue}\n")
+    for note in notes:
+        write(f"{note}\n")
     write(f"{len(args.files)} file(s) checked, {len(issues)} error(s)\n")
     return 1 if issues else 0
 

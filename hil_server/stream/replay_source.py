@@ -156,7 +156,7 @@ class ReplaySource:
         self._time_us = 0
         self.path = Path(path)
         self.capture = capture
-        """The capture as read: ``capture.skipped`` lists damaged spans left out (CAPTURE.md 6.2)."""
+        """The capture as read: ``capture.skipped`` lists damaged spans left out (CAPTURE.md 6.1)."""
         self.n_cells = hello.cell_count
         self.freq_hz = hello.freq_hz
         self._hello = dataclasses.replace(hello, server_version=server_version or hello.server_version)

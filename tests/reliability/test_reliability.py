@@ -864,6 +864,36 @@ def test_every_bundled_scenario_streams_spectra_the_validity_check_can_judge(pat
     assert len(scenario.eis.frequencies_hz) >= FRAME_M + 3, f"{path.name}: KK would be n/a"
 
 
+def test_validate_notes_a_grid_too_small_for_the_kk_figure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hil_server.cli import main
+
+    path = tmp_path / "small.yaml"
+    path.write_text(_scenario_text() + "eis: {frequencies: {min_hz: 0.1, points_per_decade: 5}}\n")
+    assert main(["validate", str(path)]) == 0  # a note, not an error
+    out = capsys.readouterr().out
+    assert f"{path}: note: eis grid of 26 points; the KK validity figure of each spectrum needs 33" in out
+
+
+def test_us06_drives_long_enough_to_reach_the_cut_off_it_promises() -> None:
+    """Issue 16: us06_25c said 'discharged to 3.0 V' but its 20 passes drew 57 % of the charge and ended at
+    3.70 V. Without running 8 simulated hours: the passes of its drive must draw more than the charge the
+    cell holds, so the 3.0 V condition ends the drive, not the pass count (eis-hil run measured it: the
+    drive ends by cutoff_low)."""
+    from hil_server.scenario import DriveCycleSegment, load_scenario
+    from hil_server.sim.profiles import PROFILES
+
+    scenario = load_scenario(US06)
+    assert "discharged to 3.0 V" in scenario.description
+    (drive,) = [s for s in scenario.timeline if isinstance(s, DriveCycleSegment)]
+    assert drive.until is not None
+    cycle = drive.cycle
+    charge_per_pass_ah = float(np.trapezoid(cycle.value, cycle.time_s)) * drive.scale / 3600
+    capacity_ah = scenario.cells.capacity_ah or PROFILES[scenario.cells.profile].capacity_ah
+    assert drive.loops * charge_per_pass_ah > 1.3 * capacity_ah * scenario.cells.soc
+
+
 def test_truncated_capture_replays_up_to_its_last_whole_record(tmp_path: Path) -> None:
     """A capture cut mid-record (a crash while recording): every complete record is read back, the torn
     tail is reported with the file, its offset and why, and reading never raises."""
@@ -1041,6 +1071,12 @@ BAD_COMMAND_LINES: list[tuple[str, str, int, str]] = [
     ("tflite_out_missing_dir", "export-tflite --out {TMP}/no/m.tflite", 2, "/no does not exist"),
     ("serve_record_exists", "serve {US06} --record {exists.eiscap}", 2, "exists; refusing to overwrite"),
     ("repair_exists", "capture check {CAP} --repair {exists.eiscap}", 2, "exists; refusing to overwrite"),
+    (
+        "calibrate_bad_name",
+        "calibrate --profile zhang2020 --spectra {latin1.csv} --name ../x",
+        2,
+        "--name '../x': use letters, digits",
+    ),
     # input files: one shared text reader names the file and line
     ("points_binary", "spectrum --points {binary.csv}", 2, "binary.csv:2: binary data, not text"),
     (
@@ -1130,6 +1166,20 @@ def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(
     monkeypatch.setenv("EIS_HIL_DEBUG", "1")
     with pytest.raises(RuntimeError, match="boom"):
         main(["decode", "-"])
+    monkeypatch.delenv("EIS_HIL_DEBUG")
+
+    def bad_input(_args: object) -> int:  # an input error a command forgot to catch is still bad input
+        from hil_server.scenario import Issue, ScenarioError
+
+        raise ScenarioError(
+            [Issue("s.yaml", 3, "cells.count", "expected an integer"), Issue("s.yaml", 9, "", "x")]
+        )
+
+    monkeypatch.setattr(decode, "run", bad_input)
+    assert main(["decode", "-"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "s.yaml:3: cells.count: expected an integer;" in err
 
 
 @pytest.mark.parametrize(
@@ -1185,7 +1235,7 @@ def test_a_closed_pipe_exits_141_quietly(tmp_path: Path) -> None:
         env=env,
     )
     assert proc.stdout is not None
-    assert proc.stdout.readline().startswith(b"row,freq_hz")
+    assert proc.stdout.readline().startswith(b"row,profile,soc,temp_c,soh,freq_hz")
     proc.stdout.close()  # what head does after its lines
     err = proc.stderr.read() if proc.stderr else b""
     assert proc.wait(timeout=60) == 141
@@ -1214,6 +1264,21 @@ def test_ctrl_c_during_training_keeps_the_epochs_trained(tmp_path: Path, small_s
     assert meta["epochs_trained"] == 2
     assert meta["interrupted"] is True
     assert read_metadata(tmp_path).raw["interrupted"] is True
+
+
+def test_fault_labels_at_nearly_the_same_time_share_one_label() -> None:
+    """Issue 16: fault labels on the timeline overlapped each other and the curves; they now stand above
+    the plot, one label for the marks within 2 % of the time line."""
+    from hil_server.capture.export import _label_groups
+
+    start, end = int(p.FaultPhase.START), int(p.FaultPhase.END)
+    marks = [(420.0, "CONTACT_RESISTANCE", start), (0.0, "NOISE", start), (425.0, "DROP_FRAMES", end)]
+    marks.append((1000.0, "NOISE", end))
+    assert _label_groups(marks) == [
+        (0.0, "NOISE start", True),
+        (420.0, "CONTACT_RESISTANCE start / DROP_FRAMES end", True),
+        (1000.0, "NOISE end", False),
+    ]
 
 
 # -- environment ---------------------------------------------------------------------------------------
