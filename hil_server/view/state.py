@@ -144,6 +144,8 @@ class PageCursor:
     """Wall time of the last update (the caller's clock)."""
     replies: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """Answers to the page's control commands, sent with the next update."""
+    in_flight: int = 0
+    """The page's control commands waiting for their answer."""
 
     def select(self, cell: int) -> None:
         self.cell = cell
