@@ -34,6 +34,7 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python tools/gen_vectors.py --check
 	$(BIN)/python tools/gen_wireshark.py --check
+	$(BIN)/python tools/gen_spec.py --check
 	$(BIN)/pytest -q
 
 ctest:

@@ -1,9 +1,10 @@
 """The composition root: where the production objects are built and wired together.
 
 ``build_engine`` makes the simulation engine of a scenario (model loaded, cells placed), ``start_server``
-wraps it in a stream source and starts the TCP server on it, with an optional recording. The command line
-(``eis-hil serve``, ``demo``, ``serial-bridge --scenario``) and ``hil_server.testing`` call these; nothing
-below this module builds a server.
+wraps it in a stream source and starts the server on it (listening on TCP, or not: ``serial-bridge
+--scenario`` attaches its serial port as the server's transport), with an optional recording. The command
+line (``eis-hil serve``, ``demo``, the bridges' ``--scenario``) and ``hil_server.testing`` call these;
+nothing below this module builds a server.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ async def start_server(
     model_dir: Path = BUNDLED_MODEL_DIR,
     seed: int | None = None,
     record: str | Path | None = None,
+    listen: bool = True,
     **config: Any,
 ) -> HilServer:
     """A started server on ``scenario``; ``config``: ServerConfig fields (default: ephemeral port, speed 0).
-    ``record``: also write the whole stream to this capture file."""
+    ``record``: also write the whole stream to this capture file. ``listen`` False: no TCP port; another
+    transport attaches its sessions (the serial port of ``serial-bridge --scenario``)."""
     engine, sc, meta = build_engine(Path(scenario), model_dir, seed)
     cfg = dataclasses.replace(ServerConfig(port=0, speed=0.0), **config)
     identity = identity_for(Path(scenario), sc.name, meta.model_sha256, "eis-pinn")
@@ -48,7 +51,7 @@ async def start_server(
         recorder = CaptureWriter(record, info)
     server = HilServer(source, config=cfg, recorder=recorder)
     try:
-        await server.start()
+        await server.start(listen=listen)
     except BaseException:  # e.g. the port is taken: no half-made capture left to block the next try
         if recorder is not None:
             recorder.close()

@@ -19,6 +19,7 @@ from ._constants import (
     PROTOCOL_MINOR,
     PROTOCOL_VERSION,
     SYNC,
+    UNPARSED_COMMAND,
     CellFlags,
     ControlCommand,
     EisMode,
@@ -53,7 +54,13 @@ from ._messages import (
     ServerHello,
     Subscribe,
 )
-from ._session import DEVICE_TRANSITIONS, SERVER_TRANSITIONS, SessionState, negotiate_version
+from ._session import (
+    DEVICE_TRANSITIONS,
+    SERVER_TRANSITIONS,
+    SIM_TRANSITIONS,
+    SessionState,
+    negotiate_version,
+)
 
 __all__ = [
     "ALL_CELLS",
@@ -72,7 +79,9 @@ __all__ = [
     "PROTOCOL_MINOR",
     "PROTOCOL_VERSION",
     "SERVER_TRANSITIONS",
+    "SIM_TRANSITIONS",
     "SYNC",
+    "UNPARSED_COMMAND",
     "Ack",
     "Bye",
     "CellFlags",

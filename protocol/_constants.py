@@ -27,6 +27,9 @@ AUTH_CONTEXT = b"EIS-HIL-AUTH-V1"
 
 ALL_CELLS = 0xFFFF
 """Cell index meaning "every cell" in a CONTROL frame."""
+UNPARSED_COMMAND = 0xFF
+"""NAK ``command`` of a CONTROL whose bytes could not be used (bad CRC, malformed, unsupported version): not a
+command code, and not the 0 of a NAK to a SUBSCRIBE."""
 
 
 class MsgType(enum.IntEnum):

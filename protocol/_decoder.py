@@ -17,9 +17,9 @@ Receiver algorithm (SPEC.md section 5, normative; the C client implements the sa
    14 header bytes, back to 1. Nothing of the announced payload is buffered or awaited.
 4. Wait for payload and frame CRC. Frame CRC wrong: error BAD_CRC; discard one byte, back to 1: the bytes
    of the rejected frame are scanned again, so a valid frame that was inside it is not lost.
-6. End of stream: a candidate that can never complete is TRUNCATED; discard one byte, back to 1.
 5. Version not accepted: UNSUPPORTED_VERSION; type unknown: UNKNOWN_MESSAGE_TYPE; payload shorter than its
    layout or a bad string: MALFORMED_PAYLOAD. Each discards the frame (its framing is sound). Else: FRAME.
+6. End of stream: a candidate that can never complete is TRUNCATED; discard one byte, back to 1.
 
 Garbage cases recovered from: noise before, between and after frames; false sync words in noise or in
 payloads; corrupted header (length, type or CRC); corrupted payload; truncated frame followed by a new

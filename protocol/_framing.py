@@ -21,8 +21,6 @@ from ._errors import DecodeErrorKind, RemoteProtocolError
 
 HEADER_CRC_SPAN = 12
 """The header CRC covers bytes 0..11; it sits at bytes 12..13."""
-LENGTH_OFFSET = 6
-"""The payload length (u16) sits at bytes 6..7."""
 _HCRC_END = HEADER_CRC_SPAN + 2
 _SYNC0 = SYNC[0]
 

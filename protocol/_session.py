@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 
-from ._constants import PROTOCOL_VERSION, MsgType
+from ._constants import PROTOCOL_VERSION, ControlCommand, MsgType, SimState
 
 
 class SessionState(enum.Enum):
@@ -51,6 +51,62 @@ DEVICE_TRANSITIONS: Transitions = {
 }
 """A device behind the serial bridge: it streams the default subscription before any SUBSCRIBE (so READY is
 where it stays), and a device that reboots says CLIENT_HELLO again on the same line."""
+
+
+SimTransitions = dict[SimState, dict[ControlCommand, SimState]]
+
+_C, _S = ControlCommand, SimState
+SIM_COMMANDS = (  # commands that act on the simulation: they take effect at its next step
+    _C.SET_LOAD_CURRENT,
+    _C.SET_AMBIENT_TEMPERATURE,
+    _C.INJECT_FAULT,
+    _C.CLEAR_FAULT,
+    _C.REQUEST_SPECTRUM,
+)
+
+SIM_TRANSITIONS: SimTransitions = {
+    _S.IDLE: {},
+    _S.RUNNING: {
+        _C.PAUSE: _S.PAUSED,
+        _C.STOP: _S.STOPPED,
+        _C.SEEK: _S.RUNNING,
+        **dict.fromkeys(SIM_COMMANDS, _S.RUNNING),
+        _C.SET_SPEED: _S.RUNNING,
+    },
+    _S.PAUSED: {
+        _C.RESUME: _S.RUNNING,
+        _C.STOP: _S.STOPPED,
+        _C.SEEK: _S.PAUSED,
+        **dict.fromkeys(SIM_COMMANDS, _S.PAUSED),
+        _C.SET_SPEED: _S.PAUSED,
+    },
+    _S.STOPPED: {_C.START: _S.RUNNING, _C.SET_SPEED: _S.STOPPED},
+    _S.FINISHED: {
+        _C.START: _S.RUNNING,
+        _C.STOP: _S.STOPPED,
+        _C.SEEK: _S.PAUSED,
+        _C.SET_SPEED: _S.FINISHED,
+    },
+}
+"""What a server does with each CONTROL command in each ``SimState`` (SPEC.md section 6.3 is generated
+from it by ``tools/gen_spec.py``): a command in a state's row is carried out (ACK, unless its arguments are
+refused) and leads to the state given; one missing from the row gets NAK NOT_ALLOWED_IN_STATE and changes
+nothing. START, PAUSE, RESUME and STOP are accepted only where they change the state; START always begins a
+new run at t = 0. IDLE: no stream to act on (a serial bridge before its server has said its state)."""
+
+
+def sim_table_markdown(table: SimTransitions = SIM_TRANSITIONS) -> str:
+    """The table as the Markdown of SPEC.md: one row per command, one column per state; each cell the state
+    an ACK leads to, or NAK."""
+    states = list(table)
+    lines = [
+        "| command | " + " | ".join(s.name for s in states) + " |",
+        "|---|" + "---|" * len(states),
+    ]
+    for cmd in ControlCommand:
+        cells = [f"ACK → {table[s][cmd].name}" if cmd in table[s] else "NAK" for s in states]
+        lines.append(f"| {cmd.value} {cmd.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def negotiate_version(proto_min_major: int, proto_max_major: int) -> int | None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,18 +16,60 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("EIS_HIL_CACHE_DIR", tempfile.mkdtemp(prefix="eis-hil-test-cache-"))
 
 
+LEAK_SETTLE_TURNS = 20
+"""Event-loop turns a task still finishing when its test returns gets before it counts as left open."""
+
+
+def _pending_tasks(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks(loop) if not t.done()]
+
+
+def _settle(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
+    """The tasks still pending after a few turns of ``loop``; those are cancelled (and awaited), so the
+    next test does not inherit them."""
+
+    async def turns() -> None:
+        for _ in range(LEAK_SETTLE_TURNS):
+            if not [t for t in _pending_tasks(loop) if t is not asyncio.current_task()]:
+                return
+            await asyncio.sleep(0)
+
+    loop.run_until_complete(turns())
+    left = _pending_tasks(loop)
+    for t in left:
+        t.cancel()
+    if left:
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+    return left
+
+
 @pytest.fixture(autouse=True)
-def _no_server_left_running(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fails a test that starts a ``HilServer`` and does not stop it, or whose stopped server still holds a
-    session (python-can's ``check_unclosed_virtual_channel``): a leak here is a leak for users too."""
+def _nothing_left_open(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fails a test that leaves a server, a session or an asyncio task open (python-can's
+    ``check_unclosed_virtual_channel``): a ``HilServer`` started and not stopped, a stopped server that still
+    holds a session (TCP or an attached serial port), and, in an async test, a task of the test's event
+    loop still pending once the test and its fixtures are done. A leak here is a leak for users too.
+    A test that leaks on purpose says so with ``@pytest.mark.leaks("why")``."""
     from hil_server.transport.tcp import HilServer
 
+    marker = request.node.get_closest_marker("leaks")
+    if marker is not None:
+        assert marker.args, "@pytest.mark.leaks needs the reason as its argument"
+        yield
+        return
+    loop: asyncio.AbstractEventLoop | None = None
+    asyncio_marker = request.node.get_closest_marker("asyncio")
+    if asyncio_marker is not None:
+        # pytest-asyncio's runner of this test's loop (a private fixture name of pytest-asyncio 1.x): set up
+        # before this fixture, so it is torn down after it, and after the test's async fixtures.
+        scope = asyncio_marker.kwargs.get("loop_scope") or "function"
+        loop = request.getfixturevalue(f"_{scope}_scoped_runner").get_loop()
     running: list[HilServer] = []
     stopped: list[HilServer] = []
     start, stop = HilServer.start, HilServer.stop
 
-    async def counted_start(self: HilServer) -> None:
-        await start(self)
+    async def counted_start(self: HilServer, *, listen: bool = True) -> None:
+        await start(self, listen=listen)
         running.append(self)
 
     async def counted_stop(self: HilServer, reason: str = "server shutting down") -> None:
@@ -37,9 +81,16 @@ def _no_server_left_running(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(HilServer, "start", counted_start)
     monkeypatch.setattr(HilServer, "stop", counted_stop)
     yield
-    assert not running, f"the test left {len(running)} server(s) running: stop them (await server.stop())"
-    open_sessions = sum(len(s.sessions) for s in stopped)
-    assert not open_sessions, f"{open_sessions} session(s) still open after their server stopped"
+    left = _settle(loop) if loop is not None else []
+    problems = []
+    if running:
+        problems.append(f"{len(running)} server(s) left running: stop them (await server.stop())")
+    if open_sessions := sum(len(s.sessions) for s in stopped):
+        problems.append(f"{open_sessions} session(s) still open after their server stopped")
+    if left:
+        names = sorted(t.get_coro().__qualname__ for t in left)  # type: ignore[union-attr]
+        problems.append(f"{len(left)} asyncio task(s) left pending (cancelled now): {', '.join(names)}")
+    assert not problems, "the test left things open: " + "; ".join(problems)
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ Invariants checked for every input:
 - nothing escapes: no exception reaches the event loop's exception handler (a crashed session task or
   callback), and the server's own tasks (pacing, heartbeats) are still running;
 - the session still answers: after the input, ``MAX_FRAME_SIZE`` zero bytes flush any half frame, then a
-  CONTROL probe with a known ``seq`` must get its NAK (or an ERROR naming it before the handshake), unless
+  CONTROL probe with a known ``seq`` must get its NAK (NOT_ALLOWED_IN_STATE before the handshake), unless
   the server closed the session with a BYE, whose reason must be a known ``ErrorCode``;
 - counters agree: the server's ``rx_bad`` grew by exactly the number of errors a reference
   ``FrameDecoder`` reports for the same bytes (when the session stayed open: after BYE the server discards);
@@ -146,8 +146,8 @@ class Harness:
             elif state is not p.SimState.RUNNING:
                 await fixer.control(p.Control(c.START))
             await fixer.control(p.Control(c.SET_SPEED, value=100_000_000))
-            # Inputs may carry valid INJECT_FAULT frames (the fuzzer solves CRC comparisons), and a transport
-            # fault such as DROP_FRAMES acts on every client by design: clear them before checking continuity.
+            # Inputs may carry valid INJECT_FAULT frames (the fuzzer solves CRC comparisons): physics and
+            # measurement faults act on every client: clear them before checking continuity.
             await fixer.control(p.Control(c.CLEAR_FAULT, aux=0))
         finally:
             await fixer.close()
@@ -261,7 +261,7 @@ class Harness:
                 f"{len(body)} bytes: {body[:64].hex()}...)"
             )
         if reply is not None and isinstance(reply, p.Nak):
-            known = {p.ErrorCode.UNKNOWN_COMMAND, p.ErrorCode.RATE_LIMITED}
+            known = {p.ErrorCode.UNKNOWN_COMMAND, p.ErrorCode.RATE_LIMITED, p.ErrorCode.NOT_ALLOWED_IN_STATE}
             if reply.code not in known:
                 raise InvariantError(f"probe NAK with code {reply.code}, expected one of {sorted(known)}")
         return Outcome(mode, bye, reply, delta, expected, frames)

@@ -218,6 +218,26 @@ def valid_messages() -> list[tuple[str, str, p.Message, int]]:
             ),
             0,
         ),
+        # appended (SPEC.md 10): the two hellos order min and max differently; 0xFF is a NAK's command for a
+        # CONTROL whose bytes could not be used
+        (
+            "server_hello_versions",
+            "ServerHello speaking majors 1..3: proto_max_major (3) comes first",
+            p.ServerHello(proto_max_major=3, proto_min_major=1, proto_minor=2),
+            0,
+        ),
+        (
+            "client_hello_versions",
+            "ClientHello speaking majors 1..3: proto_min_major (1) comes first",
+            p.ClientHello(proto_min_major=1, proto_max_major=3, client_name="v1-to-v3"),
+            0,
+        ),
+        (
+            "nak_unparsed_control",
+            "Nak of a CONTROL with a bad frame CRC: command 0xFF, not a command code",
+            p.Nak(9, p.UNPARSED_COMMAND, p.ErrorCode.BAD_CRC, "frame CRC mismatch"),
+            0,
+        ),
     ]
 
 

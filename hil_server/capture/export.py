@@ -31,7 +31,7 @@ import numpy.typing as npt
 import structlog
 
 import protocol as p
-from hil_server.capture.format import RECORD_OVERHEAD, Capture, iter_records, open_capture
+from hil_server.capture.format import RECORD_OVERHEAD, Capture, DamagedSpan, iter_records, open_capture
 from hil_server.client.text import cell_ranges, enum_name
 
 log = structlog.get_logger(__name__)
@@ -82,6 +82,8 @@ class ExportResult:
     pngs: list[Path] = dataclasses.field(default_factory=list)
     truncated_bytes: int = 0
     stop_reason: str | None = None
+    damage: list[DamagedSpan] = dataclasses.field(default_factory=list)
+    """Damaged spans skipped in the middle of the capture (CAPTURE.md 6.2); a torn tail is not one."""
 
     def summary(self) -> str:
         text = (
@@ -90,13 +92,19 @@ class ExportResult:
         )
         if self.pngs and len(self.plotted_cells) < len(self.cells):
             text += f" (cells {cell_ranges(self.plotted_cells)} of {len(self.cells)} plotted)"
-        return text + warnings_suffix(self.undecodable, self.truncated_bytes)
+        return text + warnings_suffix(self.undecodable, self.truncated_bytes, self.damage)
 
 
-def warnings_suffix(undecodable: int, truncated_bytes: int) -> str:
-    """The end of an export's summary line (CSV, pcapng, MDF4): frames skipped, and the bytes a truncated
-    capture left out."""
+def warnings_suffix(undecodable: int, truncated_bytes: int, damage: Sequence[DamagedSpan] = ()) -> str:
+    """The end of an export's summary line (CSV, pcapng, MDF4): frames skipped, the records lost to damage
+    and the bytes a truncated capture left out."""
     text = ""
+    if damage:
+        lost = sum(span.records_lost for span in damage)
+        text += (
+            f"; WARNING: capture damaged, {lost} record(s) lost in {len(damage)} span(s) from offset "
+            f"{damage[0].offset} (eis-hil capture check lists them)"
+        )
     if undecodable:
         text += f"; {undecodable} frames not decodable (skipped)"
     if truncated_bytes:
@@ -334,6 +342,7 @@ def export_capture(
             bar.close()
     result.truncated_bytes = capture.truncated_bytes
     result.stop_reason = capture.stop_reason
+    result.damage = capture.skipped
     warn_truncated(capture, path)
     result.plotted_cells = sorted(collector.series)
     if not csv_only:

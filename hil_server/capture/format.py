@@ -3,7 +3,7 @@
     with CaptureWriter("session.eiscap", meta) as cap:      # meta: JSON object, e.g. hello_meta(hello)
         cap.write(frame_bytes, direction=DIR_RX)              # one whole protocol frame, as on the wire
     capture = open_capture("session.eiscap")                 # header checked: magic, major version, CRCs
-    for record in iter_records(capture):                     # streams; stops at a torn or corrupt tail
+    for record in iter_records(capture):                     # streams; skips damage (capture.damage)
         ...
     capture.truncated_bytes                                  # bytes after the last complete record
 
@@ -274,23 +274,71 @@ class CaptureWriter:
                 os.close(fd)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class DamagedSpan:
+    """Bytes of a capture that hold no valid record: ``iter_records`` skipped them (CAPTURE.md 6.2)."""
+
+    offset: int
+    """File offset of the first byte that is not part of a valid record."""
+    nbytes: int
+    """Bytes skipped, up to the next valid record or the end of the file."""
+    records_lost: int
+    """Records the span held, counted by their intact record and frame headers; at least 1."""
+    reason: str
+    """Why the record at ``offset`` is not valid (CRC mismatch, impossible length, cut off)."""
+    tail: bool = False
+    """The span is a torn tail: the last record was cut short (a crash while writing), nothing follows."""
+
+    def describe(self) -> str:
+        where = "torn tail" if self.tail else "damaged span"
+        return (
+            f"{where} at offset {self.offset}: {self.nbytes} bytes, {self.records_lost} record(s) lost "
+            f"({self.reason})"
+        )
+
+
 @dataclasses.dataclass
 class Capture:
-    """An opened capture: header fields. ``iter_records`` fills in what it finds at the end."""
+    """An opened capture: header fields. ``iter_records`` fills in what it finds on the way."""
 
     path: Path
     version: int
     """Format major version (the only one a reader must understand)."""
     meta: dict[str, Any]
     truncated_bytes: int = 0
-    """Bytes after the last complete record (set by ``iter_records``; 0 for a cleanly ended file)."""
+    """Bytes of a torn tail after the last complete record (set by ``iter_records``; 0 for a cleanly
+    ended file)."""
     minor: int = 0
     data_offset: int = 0
     """Offset of the first record."""
     stop_reason: str | None = None
-    """Why the last ``iter_records`` stopped before the end of the file (None: it reached the end)."""
+    """Why the last ``iter_records`` found no record at the end of the file (a torn tail; None: it read
+    to the end)."""
     records_read: int = 0
     """Complete records the last ``iter_records`` returned (record kinds it skipped included)."""
+    damage: list[DamagedSpan] = dataclasses.field(default_factory=list)
+    """Every span of bytes the last ``iter_records`` skipped, in file order (a torn tail included)."""
+
+    @property
+    def skipped(self) -> list[DamagedSpan]:
+        """The damaged spans that are not a torn tail: records lost to damage, not to a crash."""
+        return [span for span in self.damage if not span.tail]
+
+    @property
+    def records_lost(self) -> int:
+        return sum(span.records_lost for span in self.damage)
+
+    def damage_summary(self) -> str:
+        """One line: the damaged spans (first three and a count), or '' if there are none."""
+        if not self.damage:
+            return ""
+        shown = "; ".join(span.describe() for span in self.damage[:3])
+        more = f"; and {len(self.damage) - 3} more span(s)" if len(self.damage) > 3 else ""
+        total = sum(span.nbytes for span in self.damage)
+        return (
+            f"{self.path}: {len(self.damage)} damaged span(s), {total} bytes, {self.records_lost} record(s) "
+            f"lost: {shown}{more}"
+        )
 
 
 def _describe_start(head: bytes) -> str:
@@ -354,65 +402,141 @@ def open_capture(path: str | Path) -> Capture:
     return Capture(path, major, meta, 0, minor, offset + meta_len + _U32.size)
 
 
-def iter_records(capture: Capture) -> Iterator[Record]:
-    """The complete records in file order. At a torn or corrupt record it stops (no resync: see
-    CAPTURE.md), logs a warning and sets ``capture.truncated_bytes`` and ``capture.stop_reason``."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class RawRecord:
+    """A valid record of any kind, as ``scan_records`` finds it: where it is and its fields."""
+
+    offset: int
+    kind: int
+    direction: int
+    t_us: int
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return RECORD_OVERHEAD + len(self.data)
+
+    def to_bytes(self) -> bytes:
+        """The record exactly as in the file (its fields and CRC are valid)."""
+        head = RECORD_HEADER.pack(len(self.data), self.kind, self.direction, 0, self.t_us)
+        return head + self.data + _U32.pack(_crc(self.data, _crc(head)))
+
+
+def _read_at(fd: int, offset: int) -> tuple[RawRecord | None, str, bool]:
+    """The record at ``offset``: (record, '', False) if it is valid, else (None, why not, whether the end of
+    the file cuts it off)."""
+    head = os.pread(fd, RECORD_HEADER.size, offset)
+    if len(head) < RECORD_HEADER.size:
+        return None, f"record header cut off ({len(head)} of {RECORD_HEADER.size} bytes): a torn write", True
+    length, kind, direction, _reserved, t_us = RECORD_HEADER.unpack(head)
+    if length > MAX_RECORD_DATA:
+        return None, f"record length {length} exceeds {MAX_RECORD_DATA}: corrupt record header", False
+    body = os.pread(fd, length + _U32.size, offset + RECORD_HEADER.size)
+    if len(body) < length + _U32.size:
+        got = RECORD_HEADER.size + len(body)
+        return None, f"record cut off ({got} of {RECORD_OVERHEAD + length} bytes): a torn write", True
+    data = body[:length]
+    (stored,) = _U32.unpack_from(body, length)
+    computed = _crc(data, _crc(head))
+    if computed != stored:
+        reason = f"record CRC mismatch (stored 0x{stored:08x}, computed 0x{computed:08x}): corrupt record"
+        return None, reason, False
+    return RawRecord(offset, kind, direction, t_us, data), "", False
+
+
+_SCAN_CHUNK = 1 << 20
+
+
+def _frame_record_starts(fd: int, start: int, end: int) -> Iterator[int]:
+    """Offsets >= ``start`` at which a FRAME record could begin: 16 bytes before each protocol sync word,
+    where the record header's length and kind agree with the frame header that follows. Cheap: no CRC."""
+    base = start + RECORD_HEADER.size  # the frame's sync word is 16 bytes into its record
+    while base < end:
+        chunk = os.pread(fd, _SCAN_CHUNK, base)
+        i = chunk.find(PROTOCOL_SYNC)
+        while i >= 0:
+            at = base + i - RECORD_HEADER.size
+            head = os.pread(fd, RECORD_HEADER.size + 8, at)
+            if len(head) == RECORD_HEADER.size + 8:
+                (length,) = _U32.unpack_from(head)
+                payload_len = int.from_bytes(head[22:24], "little")
+                if head[4] == KIND_FRAME and length == FRAME_OVERHEAD + payload_len:
+                    yield at
+            i = chunk.find(PROTOCOL_SYNC, i + 1)
+        if len(chunk) < _SCAN_CHUNK:
+            return
+        base += len(chunk) - 1  # a sync word may straddle two chunks: the next one starts at its first byte
+
+
+def _resync(fd: int, start: int, end: int) -> RawRecord | None:
+    """The first valid FRAME record at an offset >= ``start`` (CAPTURE.md 6.2), or None."""
+    for at in _frame_record_starts(fd, start, end):
+        record, _, _ = _read_at(fd, at)
+        if record is not None:
+            return record
+    return None
+
+
+def _count_lost(fd: int, start: int, stop: int) -> int:
+    """Records a damaged span held: FRAME record starts whose record and frame headers agree, plus the
+    record at ``start`` if its own headers were hit (a span starts where a record was expected)."""
+    starts = [at for at in _frame_record_starts(fd, start, stop) if at < stop]
+    return len(starts) + (not starts or starts[0] != start)
+
+
+def scan_records(capture: Capture) -> Iterator[RawRecord]:
+    """Every valid record in file order, whatever its kind. After a record that is not valid the reader
+    resynchronises on the next valid FRAME record (CAPTURE.md section 6.2): each skipped span is appended
+    to ``capture.damage`` and logged; a span that reaches the end of the file after a cut-off record is a
+    torn tail (``capture.truncated_bytes``, ``capture.stop_reason``)."""
     capture.truncated_bytes = 0
     capture.stop_reason = None
     capture.records_read = 0
+    capture.damage = []
     path = capture.path
     try:
         f = path.open("rb")
     except OSError as exc:
         raise CaptureError(f"{path}: cannot read capture: {exc}") from exc
     with f:
+        fd = f.fileno()
+        end = os.fstat(fd).st_size
         offset = capture.data_offset
-        f.seek(offset)
-        while True:
-            head = f.read(RECORD_HEADER.size)
-            if not head:
-                return
-            reason: str | None = None
-            if len(head) < RECORD_HEADER.size:
-                reason = f"record header cut off ({len(head)} of {RECORD_HEADER.size} bytes): a torn write"
-            else:
-                length, kind, direction, _reserved, t_us = RECORD_HEADER.unpack(head)
-                if length > MAX_RECORD_DATA:
-                    reason = f"record length {length} exceeds {MAX_RECORD_DATA}: corrupt record header"
-                else:
-                    body = f.read(length + _U32.size)
-                    if len(body) < length + _U32.size:
-                        reason = (
-                            f"record cut off ({RECORD_HEADER.size + len(body)} of "
-                            f"{RECORD_OVERHEAD + length} bytes): a torn write"
-                        )
-                    else:
-                        data = body[:length]
-                        (stored,) = _U32.unpack_from(body, length)
-                        computed = _crc(data, _crc(head))
-                        if computed != stored:
-                            reason = (
-                                f"record CRC mismatch (stored 0x{stored:08x}, computed 0x{computed:08x}): "
-                                f"corrupt or torn record"
-                            )
-                        else:
-                            capture.records_read += 1
-                            offset += RECORD_OVERHEAD + length
-                            if kind == KIND_FRAME:  # other kinds: a later minor version's, intact, skipped
-                                yield Record(t_us, direction, data)
-                            continue
-            size = os.fstat(f.fileno()).st_size
-            capture.truncated_bytes = size - offset
-            capture.stop_reason = f"{path}: offset {offset}: {reason}; {size - offset} bytes not read"
+        while offset < end:
+            record, reason, cut = _read_at(fd, offset)
+            if record is not None:
+                capture.records_read += 1
+                offset += record.size
+                yield record
+                continue
+            found = _resync(fd, offset + 1, end)
+            stop = end if found is None else found.offset
+            span = DamagedSpan(
+                offset, stop - offset, _count_lost(fd, offset, stop), reason, tail=found is None and cut
+            )
+            capture.damage.append(span)
+            if span.tail:
+                capture.truncated_bytes = span.nbytes
+                capture.stop_reason = f"{path}: offset {offset}: {reason}; {span.nbytes} bytes not read"
             log.warning(
-                "capture ends early",
+                "capture ends early" if span.tail else "capture damaged: skipped to the next valid record",
                 path=str(path),
                 offset=offset,
-                truncated_bytes=capture.truncated_bytes,
-                records=capture.records_read,
+                skipped_bytes=span.nbytes,
+                records_lost=span.records_lost,
                 reason=reason,
             )
-            return
+            if found is None:
+                return
+            offset = found.offset
+
+
+def iter_records(capture: Capture) -> Iterator[Record]:
+    """The complete FRAME records in file order (other kinds are a later minor version's: skipped). Damage
+    is skipped as ``scan_records`` says; ``capture.damage`` lists it when the iteration ends."""
+    for raw in scan_records(capture):
+        if raw.kind == KIND_FRAME:
+            yield Record(raw.t_us, raw.direction, raw.data)
 
 
 def hello_meta(hello: Any, *, start_unix_us: int | None = None, **extra: Any) -> dict[str, Any]:
@@ -457,8 +581,11 @@ __all__ = [
     "Capture",
     "CaptureError",
     "CaptureWriter",
+    "DamagedSpan",
+    "RawRecord",
     "Record",
     "hello_meta",
     "iter_records",
     "open_capture",
+    "scan_records",
 ]

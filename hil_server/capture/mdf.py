@@ -51,7 +51,7 @@ import numpy.typing as npt
 import protocol as p
 
 from .export import warn_truncated, warnings_suffix
-from .format import iter_records, open_capture
+from .format import DamagedSpan, iter_records, open_capture
 
 CHUNK_STEPS = 4096
 QUANTITIES: tuple[tuple[str, str, str, float, str], ...] = (
@@ -75,13 +75,14 @@ class MdfResult:
     frames: int = 0
     undecodable: int = 0
     truncated_bytes: int = 0
+    damage: list[DamagedSpan] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         text = (
             f"wrote {self.path}: {self.steps} cell-state samples of {self.cells} cells (group CellStates), "
             f"{self.faults} fault events (FaultEvents), {self.spectra} spectra (Spectra)"
         )
-        return text + warnings_suffix(self.undecodable, self.truncated_bytes)
+        return text + warnings_suffix(self.undecodable, self.truncated_bytes, self.damage)
 
 
 def _linear(factor: float) -> dict[str, Any] | None:
@@ -112,6 +113,7 @@ def _messages(path: Path, result: MdfResult | None = None) -> Any:
                 result.undecodable += 1
     if result is not None:
         result.truncated_bytes = capture.truncated_bytes
+        result.damage = capture.skipped
         warn_truncated(capture, path)
 
 

@@ -30,7 +30,7 @@ from typing import IO
 import protocol as p
 
 from .export import warn_truncated, warnings_suffix
-from .format import DIR_RX, DIR_TX, Record, iter_records, open_capture
+from .format import DIR_RX, DIR_TX, DamagedSpan, Record, iter_records, open_capture
 
 DEFAULT_PORT = 7700
 """The server's default TCP port, and the dissector's."""
@@ -54,6 +54,7 @@ class PcapResult:
     packets: int = 0
     server_port: int = DEFAULT_PORT
     truncated_bytes: int = 0
+    damage: list[DamagedSpan] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         text = (
@@ -61,7 +62,7 @@ class PcapResult:
             f"client->server) as {self.packets} TCP packets to {self.path}, server port {self.server_port}; "
             f"open it in Wireshark with tools/wireshark/eis_hil.lua installed"
         )
-        return text + warnings_suffix(0, self.truncated_bytes)
+        return text + warnings_suffix(0, self.truncated_bytes, self.damage)
 
 
 def _option(code: int, value: bytes) -> bytes:
@@ -229,6 +230,7 @@ def export_pcap(
             writer.close_connection(last)
         result.packets = writer.packets
     result.truncated_bytes = capture.truncated_bytes
+    result.damage = capture.skipped
     warn_truncated(capture, capture_path)
     return result
 

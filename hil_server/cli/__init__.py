@@ -62,6 +62,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("replay", "serve a recorded capture to clients with its original timing"),
     "convert": ("convert", "potentiostat files (Gamry, BioLogic, ...) to the generic CSV and back"),
     "can-bridge": ("can_bridge", "send cell states as CAN frames defined by a DBC (python-can)"),
+    "capture": ("capture", "check a capture file for damage (capture check FILE), write a repaired copy"),
     "view": ("view", "live browser view of a server's stream: pack heat map, spectra, faults, timing"),
 }
 """Command name -> (module in this package, help line)."""
@@ -91,6 +92,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "--log-json", action="store_true", help="logs as JSON lines (default: human-readable)"
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        dest="show_traceback",
+        help=f"show the Python traceback of an error (also {DEBUG_ENV}=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text)
@@ -106,15 +113,110 @@ def _command_in(argv: Sequence[str]) -> str | None:
     return next((word for word in argv if word in COMMANDS), None)
 
 
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""The command ran and says it failed (a NAK, damage found, validation errors), or an internal error."""
+EXIT_BAD_INPUT = 2
+"""Bad input: an option out of range, an unwritable output, a file that cannot be read."""
+EXIT_SIGINT = 128 + 2
+EXIT_SIGPIPE = 128 + 13
+EXIT_SIGTERM = 128 + 15
+DEBUG_ENV = "EIS_HIL_DEBUG"
+"""EIS_HIL_DEBUG=1 shows the Python traceback of an error, as ``--debug`` does."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, like Ctrl-C: what handles Ctrl-C (partial output kept) handles
+    it too; ``main`` exits 143 instead of 130."""
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise Terminated
+
+
+def _fail(command: str | None, message: str) -> None:
+    """One line on stderr: the command and the message."""
+    prefix = f"eis-hil {command}" if command else "eis-hil"
+    sys.stderr.write(f"{prefix}: {message}\n")
+    sys.stderr.flush()
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe (``eis-hil spectrum | head``): point stdout at /dev/null, so the interpreter's
+    flush at exit does not fail a second time."""
+    import os
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (a test's capture)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from hil_server.cli._logging import configure_logging
+    """Run one command: its exit status. Bad input is one line on stderr and status 2, never a traceback;
+    Ctrl-C exits 130, SIGTERM 143, a closed output pipe 141; an unexpected error is one line and status 1.
+    ``--debug`` (or EIS_HIL_DEBUG=1) shows the traceback."""
+    import os
+    import signal
+    import threading
 
     words = sys.argv[1:] if argv is None else argv
+    command = _command_in(words)
+    debug = "--debug" in words[: words.index(command)] if command else "--debug" in words
+    debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    if not debug:  # TensorFlow's start-up chatter ("failed call to cuInit") reads like a failure
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(words, command)
+    except Terminated:
+        if debug:
+            raise
+        _fail(command, "terminated (SIGTERM)")
+        return EXIT_SIGTERM
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _fail(command, "interrupted (Ctrl-C)")
+        return EXIT_SIGINT
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_SIGPIPE
+    except Exception as exc:
+        if debug:
+            raise
+        from hil_server.cli._checks import UsageError
+
+        if isinstance(exc, UsageError | OSError | UnicodeError):
+            _fail(command, str(exc))
+            return EXIT_BAD_INPUT
+        _fail(command, f"internal error: {type(exc).__name__}: {exc} (--debug shows the traceback)")
+        return EXIT_FAILED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(words: list[str], command: str | None) -> int:
+    from hil_server.cli._logging import configure_logging
+
     # no command named (``--help``, a typo): no command module is loaded, argparse lists the commands
-    args = build_parser(only=_command_in(words) or "").parse_args(words)
+    parser = build_parser(only=command or "")
+    args = parser.parse_args(words)
     configure_logging(json=args.log_json, level=args.log_level)
+    from hil_server.cli._checks import check_args, option_names  # after --help, which imports no command
+
+    problem = check_args(args.command, args, option_names(parser, args.command))
+    if problem:
+        _fail(args.command, problem)
+        return EXIT_BAD_INPUT
     code: int = args.func(args)
     return code
 
 
-__all__ = ["COMMANDS", "build_parser", "load_command", "main"]
+__all__ = ["COMMANDS", "Terminated", "build_parser", "load_command", "main"]

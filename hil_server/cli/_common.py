@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from hil_server.cli._checks import UsageError
 from hil_server.cli._loop import LOOP_CHOICES
 
 if TYPE_CHECKING:
@@ -56,14 +57,19 @@ def read_secret(args: argparse.Namespace) -> bytes | None:
     """The shared secret of ``--secret-file`` (stripped) or ``--secret-env``; None if neither was given."""
     if getattr(args, "secret_file", None):
         try:
-            return Path(args.secret_file).read_bytes().strip()
+            secret = Path(args.secret_file).read_bytes().strip()
         except OSError as exc:
             raise OSError(f"cannot read the secret file {args.secret_file}: {exc.strerror or exc}") from None
+        if not secret:
+            raise UsageError(f"--secret-file {args.secret_file}: the file is empty (an empty key is no key)")
+        return secret
     env = getattr(args, "secret_env", None)
     if env:
         value = os.environ.get(env)
         if value is None:
             raise ValueError(f"environment variable {env} (--secret-env) is not set")
+        if not value.strip():
+            raise UsageError(f"environment variable {env} (--secret-env) is empty (an empty key is no key)")
         return value.encode()
     return None
 
@@ -99,16 +105,23 @@ class ScenarioStartError(Exception):
     """``start_scenario`` could not start the scenario: one line naming the file and why."""
 
 
-async def start_scenario(args: argparse.Namespace, secret: bytes | None) -> HilServer:
+async def start_scenario(args: argparse.Namespace, secret: bytes | None, *, listen: bool = True) -> HilServer:
     """The server of a bridge's ``--scenario`` (``add_source_args``): on a free loopback port, at ``--speed``
-    (0 starts unpaced; the bridge then sets the speed its medium carries)."""
+    (0 starts unpaced; the bridge then sets the speed its medium carries). ``listen`` False: no port, the
+    bridge attaches its medium as the server's own transport."""
     from hil_server.app import start_server
     from hil_server.model.store import ModelLoadError
     from hil_server.scenario import ScenarioError
 
     try:
         return await start_server(
-            args.scenario, seed=args.seed, host="127.0.0.1", port=0, speed=max(args.speed, 0.0), secret=secret
+            args.scenario,
+            seed=args.seed,
+            listen=listen,
+            host="127.0.0.1",
+            port=0,
+            speed=max(args.speed, 0.0),
+            secret=secret,
         )
     except ScenarioError as exc:
         raise ScenarioStartError(

@@ -9,26 +9,15 @@ Wireshark (``--pcap``).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import structlog
 
-from hil_server.capture.format import CaptureError
+from hil_server.capture.format import CaptureError, DamagedSpan, open_capture
+from hil_server.cli._checks import DIRECTORY, FILE, check_output
 from hil_server.cli._common import Progress, cell_index, write
 
 log = structlog.get_logger(__name__)
-
-
-def _check_writable(path: Path, what: str) -> str | None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        return f"{what} {path}: is a directory, expected a file name"
-    if not parent.is_dir():
-        return f"{what} {path}: directory {parent} does not exist"
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        return f"{what} {path}: not writable"
-    return None
 
 
 def check(args: argparse.Namespace) -> str | None:
@@ -37,30 +26,49 @@ def check(args: argparse.Namespace) -> str | None:
         return "--format mf4 needs --out FILE.mf4"
     if args.out is None and args.pcap is None:
         return "export needs --out (a directory, or a .mf4 file with --format mf4) or --pcap FILE.pcapng"
-    if args.format == "mf4":
-        if args.cells or args.csv_only:
-            return "--cells and --csv-only apply to the CSV export, not to --format mf4"
-        problem = _check_writable(Path(args.out), "--out")
+    if args.format == "mf4" and (args.cells or args.csv_only):
+        return "--cells and --csv-only apply to the CSV export, not to --format mf4"
+    if args.out is not None:  # --pcap is in OUTPUTS; --out is a file or a directory, by --format
+        problem = check_output(Path(args.out), FILE if args.format == "mf4" else DIRECTORY)
         if problem:
-            return problem
-    if args.pcap is not None:
-        return _check_writable(Path(args.pcap), "--pcap")
+            return f"--out {problem}"
+    return _check_cells(args)
+
+
+def _check_cells(args: argparse.Namespace) -> str | None:
+    """--cells beyond the capture's cell count (its metadata, from SERVER_HELLO) would export nothing."""
+    if not args.cells:
+        return None
+    try:
+        count = open_capture(args.file).meta.get("cell_count")
+    except CaptureError:
+        return None  # the export says what is wrong with the file
+    if not isinstance(count, int):
+        return None
+    beyond = [cell for cell in args.cells if cell >= count]
+    if beyond:
+        return f"--cells {' '.join(map(str, beyond))}: the capture has {count} cell(s), 0..{count - 1}"
     return None
 
 
-def _export(args: argparse.Namespace) -> None:
+def _export(args: argparse.Namespace) -> list[DamagedSpan]:
+    """Write what the options ask for; the damaged spans skipped in the capture."""
     capture = Path(args.file)
+    damage: list[DamagedSpan] = []
     if args.pcap is not None:
         from hil_server.capture.pcap import export_pcap
 
-        write(export_pcap(capture, Path(args.pcap)).summary() + "\n")
+        pcap = export_pcap(capture, Path(args.pcap))
+        write(pcap.summary() + "\n")
+        damage = pcap.damage
     if args.out is None:
-        return
+        return damage
     if args.format == "mf4":
         from hil_server.capture.mdf import export_mdf
 
-        write(export_mdf(capture, Path(args.out)).summary() + "\n")
-        return
+        mdf = export_mdf(capture, Path(args.out))
+        write(mdf.summary() + "\n")
+        return mdf.damage
     from hil_server.capture.export import export_capture
 
     result = export_capture(
@@ -72,6 +80,17 @@ def _export(args: argparse.Namespace) -> None:
         progress=Progress("exporting", "record"),
     )
     write(result.summary() + "\n")
+    return result.damage
+
+
+def damage_error(command: str, file: str, damage: list[DamagedSpan]) -> str:
+    """The one line of a command that met damage in a capture and was not told ``--salvage``."""
+    lost = sum(span.records_lost for span in damage)
+    return (
+        f"{file}: capture damaged: {lost} record(s) lost in {len(damage)} span(s), the first at offset "
+        f"{damage[0].offset} ({damage[0].reason}); {command} used every intact record; "
+        f"`eis-hil capture check {file}` lists the spans, --salvage accepts the loss (exit 0)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,13 +99,25 @@ def run(args: argparse.Namespace) -> int:
         log.error("export", error=problem)
         return 2
     try:
-        _export(args)
+        damage = _export(args)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (main exits 130 or 143)
+        kept = args.out if args.format == "csv" and args.out else None
+        log.warning(
+            "export interrupted",
+            kept=f"the CSV files in {kept} hold every record read so far (closed, valid); no plots"
+            if kept
+            else "the output file is incomplete: export again",
+        )
+        raise
     except (CaptureError, OSError) as exc:
         log.error("export", error=str(exc))
         return 2
     except ImportError as exc:
         log.error("export", error=f"{exc}: --format mf4 needs asammdf: pip install 'eis-hil[mdf]'")
         return 2
+    if damage and not args.salvage:
+        log.error("export", error=damage_error("export", args.file, damage))
+        return 1
     return 0
 
 
@@ -112,4 +143,9 @@ def add_arguments(exp: argparse.ArgumentParser) -> None:
         type=int,
         default=8,
         help="plot Nyquist/Bode and timeline lines for at most this many cells (default 8); CSV has all",
+    )
+    exp.add_argument(
+        "--salvage",
+        action="store_true",
+        help="a damaged capture (records lost in the middle, CAPTURE.md 6.2) exits 0, not 1",
     )

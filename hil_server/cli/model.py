@@ -23,6 +23,7 @@ log = structlog.get_logger(__name__)
 
 def cmd_train(args: argparse.Namespace) -> int:
     from hil_server.eis_data import DataNotFoundError, EisDataError, load_all
+    from hil_server.model.interrupt import StopOnSignal
     from hil_server.model.train import TrainConfig, train
 
     try:
@@ -40,9 +41,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         if epoch % every == 0 or epoch == args.epochs - 1:
             log.info("epoch", epoch=epoch + 1, of=args.epochs, **{k: round(v, 6) for k, v in metrics.items()})
 
-    meta = train(spectra, Path(args.out), config, progress)
+    with StopOnSignal() as stop:  # Ctrl-C or SIGTERM: the epochs trained so far are kept, not lost
+        meta = train(spectra, Path(args.out), config, progress, stop.requested)
     for key, value in meta["metrics"].items():
         _write(f"{key:22} median {value['median']:.2%}  p90 {value['p90']:.2%}  n={value['n']}\n")
+    if stop.signal is not None:
+        _write(
+            f"training interrupted ({stop.signal.name}) after {meta['epochs_trained']} of {args.epochs} "
+            f'epochs: that model is written to {args.out} (metadata.json: "interrupted": true)\n'
+        )
+        return 128 + int(stop.signal)
     _write(f"model written to {args.out} in {meta['train_seconds']} s\n")
     return 0
 
@@ -129,6 +137,7 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 def cmd_spectrum(args: argparse.Namespace) -> int:
 
+    from hil_server.cli._checks import check_fields
     from hil_server.model.profiles import resolve
     from hil_server.model.runtime import NumpyPinn
     from hil_server.model.spectra_io import (
@@ -145,6 +154,12 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
         meta = read_metadata(_model_dir(args))
         if args.points:
             points = read_points(Path(args.points))
+            for row, point in enumerate(points):  # the rows, as the options: scenario limits
+                where = f"{args.points}: operating point {row + 1}"
+                values = {"soc": point.soc, "temp_c": point.temp_c, "soh": point.soh}
+                problem = check_fields("spectrum", where, values)
+                if problem:
+                    raise InputError(problem)
         else:
             if None in (args.profile, args.soc, args.temp_c, args.soh):
                 raise InputError("give --points FILE, or all of --profile --soc --temp-c --soh")
@@ -176,10 +191,10 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
     ).astype(np.complex128)
     if args.out:
         with Path(args.out).open("w", encoding="utf-8") as handle:
-            write_spectra(handle, freqs, z)
+            write_spectra(handle, freqs, z, points)
         log.info("spectra written", path=args.out, spectra=len(points), points=freqs.size)
     else:
-        write_spectra(sys.stdout, freqs, z)
+        write_spectra(sys.stdout, freqs, z, points)
     return 0
 
 

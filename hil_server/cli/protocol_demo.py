@@ -1,10 +1,10 @@
-"""Protocol loopback demo: what `make demo` runs until the real server lands (issue 6).
+"""Protocol loopback demo (``eis-hil demo --protocol-only``): the wire format alone, without a server.
 
 A short synthetic session (server hello, cell states of a 4-cell pack on a constant discharge, spectra of
 an R0 + L + RC + Warburg circuit whose resistances rise as the cells empty, one fault) is encoded
 into one byte stream, damaged the way a bad UART line damages it (noise, a flipped bit, a cut-off
 frame), and decoded by the sans-IO decoder in random-sized reads. Every line shows what a client would
-see. The spectra come from a fixed circuit, not the PINN: the model arrives with issue 3.
+see. The spectra come from a fixed circuit, not the PINN, so the demo needs no model.
 """
 
 from __future__ import annotations

@@ -23,6 +23,11 @@ def add_arguments(rp: argparse.ArgumentParser) -> None:
     )
     rp.add_argument("--max-gap", type=float, metavar="SECONDS", help="shorten silences longer than this")
     rp.add_argument("--paused", action="store_true", help="start paused: a client sends RESUME (or START)")
+    rp.add_argument(
+        "--salvage",
+        action="store_true",
+        help="serve a damaged capture (records lost in the middle, CAPTURE.md 6.2) instead of exiting 1",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from hil_server.capture.format import CaptureError
     from hil_server.cli._common import read_secret
     from hil_server.cli._loop import run
+    from hil_server.cli.export import damage_error
     from hil_server.cli.serve import serve_until_stopped
     from hil_server.transport.tcp import HilServer, ServerConfig
 
@@ -37,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
         source = ReplaySource(
             args.file, loop=args.loop, skip_s=args.skip, max_gap_s=args.max_gap, server_version=__version__
         )
+        damage = source.capture.skipped
+        if damage and not args.salvage:
+            log.error("replay", error=damage_error("replay", args.file, damage))
+            return 1
         config = ServerConfig(
             host=args.host,
             port=args.port,
@@ -52,6 +62,12 @@ def run(args: argparse.Namespace) -> int:
             f"eis-hil replaying {Path(args.file).name} ({source.duration_us / 1e6:.1f} s, "
             f"{'forever' if args.loop == 0 else f'{args.loop} time(s)'}) on {args.host}:{server.port} "
             f"at {args.speed:g}x{', paused' if args.paused else ''}; Ctrl-C stops\n"
+            + (
+                ""
+                if args.paused
+                else "playing from now, whether or not a client is connected (--paused waits for a "
+                "client's RESUME or START)\n"
+            )
         )
         return await serve_until_stopped(server, banner)
 

@@ -15,7 +15,8 @@ log = structlog.get_logger(__name__)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from hil_server.sim.run import DEFAULT_MAX_S, run_scenario, run_sweep, speed_text
+    from hil_server.model.interrupt import StopOnSignal
+    from hil_server.sim.run import DEFAULT_MAX_S, SweepStop, run_scenario, run_sweep, speed_text
 
     started = time.monotonic()
     fmt = "csv" if args.csv else "parquet"
@@ -35,6 +36,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not status.show(f"sweep: {done} of {total} runs done, {wall_s} s"):
             log.info("sweep", runs_done=done, of=total, wall_s=wall_s)
 
+    sweep_stop = SweepStop()
+    # SIGINT/SIGTERM: every run (each worker of a sweep) ends after its current step with valid files
+    guard = StopOnSignal(on_signal=sweep_stop.set)
+
     def compute() -> list[dict[str, Any]]:
         if args.seeds:
             return run_sweep(
@@ -45,6 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 max_s=max_s,
                 fmt=fmt,
                 progress=sweep_progress,
+                stop=sweep_stop,
             )
         return [
             run_scenario(
@@ -55,12 +61,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                 max_s=max_s,
                 fmt=fmt,
                 progress=progress,
+                stop=guard.requested,
             )
         ]
 
     def body() -> int:
         try:
-            results = compute()
+            with guard:
+                results = compute()
         finally:
             status.close()
         for r in results:
@@ -69,18 +77,36 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"in {r['wall_s']:.1f} s "
                 f"({speed_text(r['simulated_s'], r['wall_s'])}), {r['rows']['states']} state rows, "
                 f"{r['spectrum_points']} spectrum points, {r['rows']['faults']} fault events"
-                f"{'' if r['finished'] else ' (stopped at --max-s)'}\n"
+                f"{_ending(r)}\n"
             )
+        if guard.signal is not None:
+            write(
+                f"interrupted ({guard.signal.name}): the files in {args.out} hold every step simulated so "
+                'far, run.json says "interrupted": true\n'
+            )
+            return 128 + int(guard.signal)
         write(f"written to {args.out}\n")
         return 0
 
     return scenario_command("run", body)
 
 
+def _ending(run: dict[str, Any]) -> str:
+    if run.get("interrupted"):
+        return " (interrupted)"
+    return "" if run["finished"] else " (stopped at --max-s)"
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    from hil_server.scenario import validate_files
+    from hil_server.scenario import ScenarioError, load_scenario, validate_files
+    from hil_server.sim.run import scenario_limit_issues
 
     issues = validate_files(args.files)
+    for file in sorted(set(args.files) - {issue.file for issue in issues}):
+        try:  # the file itself is valid: are its values within the cell's limits?
+            issues += scenario_limit_issues(load_scenario(file))
+        except ScenarioError as exc:
+            issues += exc.errors
     for issue in issues:
         write(f"{issue}\n")
     write(f"{len(args.files)} file(s) checked, {len(issues)} error(s)\n")

@@ -1,29 +1,22 @@
-"""``eis-hil serial-bridge``: arguments and the run loop (the bridge: ``transport/serial/bridge.py``)."""
+"""``eis-hil serial-bridge``: arguments and the run loop. With ``--scenario`` the port is the server's own
+transport (``transport/serial/served.py``), with ``--server`` a client's bridge (``.../bridge.py``)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import signal
 import sys
-from typing import TYPE_CHECKING
 
 import structlog
 
-import protocol as p
 from hil_server.cli._common import ScenarioStartError, add_source_args, read_secret, start_scenario
-from hil_server.transport.serial.bridge import (
-    EXIT_OK,
-    EXIT_PORT_GONE,
-    EXIT_USAGE,
-    BridgeConfig,
-    SerialBridge,
-)
+from hil_server.transport.serial.bridge import SerialBridge
 from hil_server.transport.serial.budget import BridgeError, OutputFormat
+from hil_server.transport.serial.line import EXIT_OK, EXIT_PORT_GONE, EXIT_USAGE, BridgeConfig, SerialLine
 from hil_server.transport.serial.port import Opener, open_serial
-
-if TYPE_CHECKING:
-    from hil_server.transport.tcp import HilServer
+from hil_server.transport.serial.served import SerialTransport
 
 log = structlog.get_logger(__name__)
 
@@ -64,8 +57,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace, opener: Opener = open_serial) -> int:
-    from hil_server.client.client import ClientError, HilClient
-
     if args.divider < 1 or args.divider > 65535:
         raise BridgeError(f"--divider {args.divider}: expected 1..65535")
     if args.baud <= 0:
@@ -74,61 +65,71 @@ async def _main(args: argparse.Namespace, opener: Opener = open_serial) -> int:
         secret = read_secret(args)
     except (OSError, ValueError) as exc:
         raise BridgeError(str(exc)) from None
-    server: HilServer | None = None
-    eis_interval: float | None = args.eis_interval
-    sweep = False
-    speed = args.speed
+    if not args.scenario and args.speed <= 0:
+        raise BridgeError("--speed 0 needs --scenario: the bridge cannot pace someone else's server")
+    config = BridgeConfig(
+        port=args.port,
+        baud=args.baud,
+        fmt=OutputFormat(args.format),
+        cells=tuple(args.cells or ()),
+        divider=args.divider,
+        speed=args.speed,
+        eis_interval_s=args.eis_interval,
+        queue_ms=args.queue_ms,
+        reopen_timeout_s=args.reopen_timeout,
+        low_latency=not args.no_low_latency,
+        latency_timer_ms=args.latency_timer_ms,
+    )
     if args.scenario:
-        server = await start_scenario(args, secret)
-        eis = server.engine.scenario.eis
-        eis_interval, sweep = eis.interval_s, eis.mode == "sweep"
-        host, port = "127.0.0.1", server.port
-    else:
-        if speed <= 0:
-            raise BridgeError("--speed 0 needs --scenario: the bridge cannot pace someone else's server")
-        host, port = args.server
+        return await _serve_scenario(args, config, opener)
+    return await _bridge_server(args, config, secret, opener)
+
+
+async def _serve_scenario(args: argparse.Namespace, config: BridgeConfig, opener: Opener) -> int:
+    """``--scenario``: the port is the transport of a server run in-process (no TCP port, no client)."""
+    server = await start_scenario(args, None, listen=False)
     try:
-        try:
-            client = await HilClient.connect(host, port, name=args.name, secret=secret)
-        except (ClientError, OSError, TimeoutError) as exc:
-            raise BridgeError(f"cannot connect to the server at {host}:{port}: {exc}") from exc
-        config = BridgeConfig(
-            port=args.port,
-            baud=args.baud,
-            fmt=OutputFormat(args.format),
-            cells=tuple(args.cells or ()),
-            divider=args.divider,
-            speed=speed,
-            eis_interval_s=eis_interval,
-            eis_sweep=sweep,
-            queue_ms=args.queue_ms,
-            reopen_timeout_s=args.reopen_timeout,
-            low_latency=not args.no_low_latency,
-            latency_timer_ms=args.latency_timer_ms,
-        )
-        try:
-            bridge = SerialBridge(client, config, opener=opener, server=server)
-            budget = bridge.plan(bridge.default)
-            if server is not None and speed <= 0 and budget.line_speed is not None:
-                reply = await client.control(p.Control.set_speed(max(1, round(budget.line_speed * 1e6))))
-                if not isinstance(reply, p.Ack):
-                    raise BridgeError(f"the in-process server refused SET_SPEED: {reply}")
-            await client.subscribe(
-                bridge.default.mask, bridge.default.cells, bridge.default.divider, bridge.default.eis_mode
-            )
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, bridge.stop)
-            sys.stderr.write(
-                f"eis-hil serial-bridge: {host}:{port} -> {args.port} at {args.baud} baud, "
-                f"format {args.format}; Ctrl-C stops\n"
-            )
-            code = await bridge.run()
-        finally:
-            await client.close()
-        if code == EXIT_PORT_GONE:
-            sys.stderr.write(f"eis-hil serial-bridge: {bridge.exit_message}\n")
-        return code
+        eis = server.engine.scenario.eis
+        config = dataclasses.replace(config, eis_interval_s=eis.interval_s, eis_sweep=eis.mode == "sweep")
+        line = SerialTransport(server, config, opener=opener)
+        return await _run(line, f"scenario {args.scenario}", args)
     finally:
-        if server is not None:
-            await server.stop("serial bridge stopping")
+        await server.stop("serial bridge stopping")
+
+
+async def _bridge_server(
+    args: argparse.Namespace, config: BridgeConfig, secret: bytes | None, opener: Opener
+) -> int:
+    """``--server HOST:PORT``: the bridge is an ordinary client of a running server."""
+    from hil_server.client.client import ClientError, HilClient
+
+    host, port = args.server
+    try:
+        client = await HilClient.connect(host, port, name=args.name, secret=secret)
+    except (ClientError, OSError, TimeoutError) as exc:
+        raise BridgeError(f"cannot connect to the server at {host}:{port}: {exc}") from exc
+    try:
+        bridge = SerialBridge(client, config, opener=opener)
+        d = bridge.default
+        await client.subscribe(d.mask, d.cells, d.divider, d.eis_mode)
+        return await _run(bridge, f"{host}:{port}", args)
+    finally:
+        await client.close()
+
+
+async def _run(line: SerialLine, source: str, args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, line.stop)
+    try:
+        sys.stderr.write(
+            f"eis-hil serial-bridge: {source} -> {args.port} at {args.baud} baud, "
+            f"format {args.format}; Ctrl-C stops\n"
+        )
+        code = await line.run()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    if code == EXIT_PORT_GONE:
+        sys.stderr.write(f"eis-hil serial-bridge: {line.exit_message}\n")
+    return code

@@ -76,9 +76,10 @@ def describe_message(message: p.Message) -> str:
                 + (f"KK={message.kk_residual:.3%}" if np.isfinite(message.kk_residual) else "KK=n/a")
             )
         case p.FaultEvent():
+            phase = "START" if message.phase == p.FaultPhase.START else "END"
             return (
                 f"t={message.t_sim_us / 1e6:.3f}s fault {message.fault_id} "
-                f"{enum_name(p.FaultKind, message.kind)} {'START' if message.phase == 1 else 'END'} "
+                f"{enum_name(p.FaultKind, message.kind)} {phase} "
                 f"cells={message.cells.tolist()} severity={message.severity_ppm / 1e4:.1f}%"
             )
         case p.Control():

@@ -9,6 +9,7 @@ temp_c, soh, cell_id and source. Other columns are ignored (with a log warning).
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Iterable
@@ -19,6 +20,7 @@ import numpy as np
 import structlog
 
 from ._schema import EisDataError, Spectrum, SpectrumSet
+from .textfile import TextFileError, read_text
 
 REQUIRED_COLUMNS = ("spectrum_id", "soc", "temp_c", "soh", "freq_hz", "z_re_ohm", "z_im_ohm")
 OPTIONAL_COLUMNS = ("cell_id", "source")
@@ -85,11 +87,22 @@ def read_generic_csv(
     if not file.is_file():
         raise EisDataError("file not found", path=where)
     pending: dict[str, _Pending] = {}
-    with file.open(newline="", encoding="utf-8-sig") as fh:
+    try:
+        text = read_text(file)
+    except TextFileError as exc:
+        raise EisDataError(exc.message, path=where, line=exc.line) from None
+    with io.StringIO(text, newline="") as fh:
         reader = csv.reader(fh)
         header = [h.strip() for h in next(reader, [])]
         if not header:
             raise EisDataError("empty file: expected a header line", path=where, line=1)
+        if len(header) == 1 and ";" in header[0]:
+            raise EisDataError(
+                f"the header is separated by ';', not ',' (found {header[0][:60]!r}): save the file as CSV "
+                "with commas and a decimal point",
+                path=where,
+                line=1,
+            )
         for name in REQUIRED_COLUMNS:
             if name not in header:
                 raise EisDataError(

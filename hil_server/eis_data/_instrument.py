@@ -111,8 +111,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return "parstat"
     if header == ["Frequency", "Zre", "Zimg"]:
         return "powersuite"
-    if "spectrum_id" in {h.strip() for h in first.split(",")}:
-        return GENERIC
+    if "spectrum_id" in {h.strip() for h in first.replace(";", ",").split(",")}:
+        return GENERIC  # separated by ';' (European Excel): the generic reader says so
     if first.startswith("#") or _three_numbers(first):
         return "csv"
     by_extension = _EXTENSIONS.get(file.suffix.lower())

@@ -27,7 +27,8 @@ C128 = npt.NDArray[np.complex128]
 
 
 class P(enum.IntEnum):
-    """Column of each circuit parameter in a parameter array (..., N_PARAMS)."""
+    """Column of each circuit parameter in a parameter array (..., N_PARAMS). Units: R0, R_L, R1, R2 and
+    R_W in ohm, the time constants TAU_* in s; A1, A2 and PHI_W are dimensionless."""
 
     R0 = 0
     R_L = 1
@@ -44,20 +45,6 @@ class P(enum.IntEnum):
 
 
 N_PARAMS = len(P)
-UNITS = {
-    P.R0: "ohm",
-    P.R_L: "ohm",
-    P.TAU_L: "s",
-    P.R1: "ohm",
-    P.TAU1: "s",
-    P.A1: "1",
-    P.R2: "ohm",
-    P.TAU2: "s",
-    P.A2: "1",
-    P.R_W: "ohm",
-    P.TAU_W: "s",
-    P.PHI_W: "1",
-}
 RESISTANCES = (P.R0, P.R1, P.R2, P.R_W)
 """Resistances that follow Arrhenius in temperature and grow as the cell ages."""
 

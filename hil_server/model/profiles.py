@@ -26,6 +26,7 @@ from .store import ModelLoadError, ModelMetadata
 
 ENV_VAR = "EIS_HIL_PROFILES"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""The one rule for a name: profiles, scenario names and labels, sweep names (a file-name-safe word)."""
 
 
 @dataclasses.dataclass(frozen=True)

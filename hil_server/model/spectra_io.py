@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 import numpy.typing as npt
+
+from hil_server.eis_data.textfile import TextFileError, read_text
 
 POINT_COLUMNS = ("profile", "soc", "temp_c", "soh")
 
@@ -35,9 +39,9 @@ def check_point(point: OperatingPoint, where: str) -> None:
 
 def read_points(path: Path) -> list[OperatingPoint]:
     try:
-        handle = path.open(newline="", encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+        handle = io.StringIO(read_text(path), newline="")
+    except TextFileError as exc:
+        raise InputError(str(exc)) from None
     with handle:
         reader = csv.DictReader(handle)
         missing = [c for c in POINT_COLUMNS if c not in (reader.fieldnames or [])]
@@ -68,9 +72,9 @@ def read_points(path: Path) -> list[OperatingPoint]:
 
 def read_freqs(path: Path) -> npt.NDArray[np.float64]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+        lines = read_text(path).splitlines()
+    except TextFileError as exc:
+        raise InputError(str(exc)) from None
     freqs = []
     for n, line in enumerate(lines, 1):
         text = line.split("#")[0].strip()
@@ -88,10 +92,23 @@ def read_freqs(path: Path) -> npt.NDArray[np.float64]:
     return np.array(freqs)
 
 
-def write_spectra(out: TextIO, freq_hz: npt.NDArray[np.float64], z: npt.NDArray[np.complex128]) -> None:
-    """CSV ``row,freq_hz,z_re_ohm,z_im_ohm``; row is the 0-based index of the operating point."""
+def write_spectra(
+    out: TextIO,
+    freq_hz: npt.NDArray[np.float64],
+    z: npt.NDArray[np.complex128],
+    points: Sequence[OperatingPoint] = (),
+) -> None:
+    """CSV ``row,profile,soc,temp_c,soh,freq_hz,z_re_ohm,z_im_ohm``; row is the 0-based index of the
+    operating point, repeated with its values on each of its rows (without ``points``: ``row,freq_hz,...``).
+    Numbers are written so that they read back exactly (``repr``): a row joins a user's own grid."""
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["row", "freq_hz", "z_re_ohm", "z_im_ohm"])
+    labels = ["profile", "soc", "temp_c", "soh"] if points else []
+    writer.writerow(["row", *labels, "freq_hz", "z_re_ohm", "z_im_ohm"])
     for row in range(z.shape[0]):
+        point = (
+            [points[row].profile, *(repr(float(getattr(points[row], k))) for k in labels[1:])]
+            if points
+            else []
+        )
         for f, value in zip(freq_hz, z[row], strict=True):
-            writer.writerow([row, f"{f:.6g}", f"{value.real:.9g}", f"{value.imag:.9g}"])
+            writer.writerow([row, *point, repr(float(f)), repr(float(value.real)), repr(float(value.imag))])

@@ -152,9 +152,10 @@ def fit(
     profiles: list[str],
     config: TrainConfig,
     progress: Callable[[int, dict[str, float]], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Fitted:
     """Train the PINN on every spectrum of ``spectra`` (clean, labelled); ``profiles`` fixes the one-hot
-    order."""
+    order. ``stop`` (interrupt.StopOnSignal): asked after each epoch; True ends the training there."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     import keras
@@ -307,6 +308,8 @@ def fit(
         history.append(epoch_metrics)
         if progress is not None:
             progress(epoch, epoch_metrics)
+        if stop is not None and stop():
+            break
     return Fitted(model, profiles, cells, history, round(time.monotonic() - started, 1))
 
 
@@ -315,8 +318,11 @@ def train(
     out_dir: Path,
     config: TrainConfig,
     progress: Callable[[int, dict[str, float]], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Train on ``spectra`` (clean, labelled), write model.keras and metadata.json to ``out_dir``."""
+    """Train on ``spectra`` (clean, labelled), write model.keras and metadata.json to ``out_dir``. When
+    ``stop`` ends the training early, the model of the last whole epoch is written, marked ``interrupted``
+    with ``epochs_trained`` in the metadata."""
     import keras
     import tensorflow as tf
 
@@ -335,7 +341,7 @@ def train(
         val_cells=len(val_set.cells()),
         profiles=profiles,
     )
-    fitted = fit(train_set, profiles, config, progress)
+    fitted = fit(train_set, profiles, config, progress, stop)
     model, cells = fitted.model, fitted.cells
     metrics: dict[str, Any] = {}
     for name, part in (("train", train_set), ("val", val_set)):
@@ -377,6 +383,8 @@ def train(
         "train_seconds": fitted.seconds,
         "final_losses": fitted.history[-1] if fitted.history else {},
         "versions": {"keras": keras.__version__, "tensorflow": tf.__version__, "numpy": np.__version__},
+        "epochs_trained": len(fitted.history),
+        "interrupted": len(fitted.history) < config.epochs,
     }
     (out_dir / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n", encoding="utf-8")
     log.info("model written", path=str(model_path), seconds=metadata["train_seconds"], metrics=metrics)

@@ -10,7 +10,7 @@ from ._drive_cycles import BUNDLED as BUNDLED_DRIVE_CYCLES
 from ._drive_cycles import BUNDLED_DIR as DRIVE_CYCLES_DIR
 from ._errors import Issue, ScenarioError
 from ._faults import PARAMS as FAULT_PARAMS
-from ._faults import STREAM_KINDS, kind_name
+from ._faults import SIGNAL_UNIT, STREAM_KINDS, UNIT_PARAM_PREFIX, kind_name
 from ._loader import load_edited, load_scenario, scenario_hash, validate_files
 from ._model import (
     Ambient,
@@ -39,7 +39,9 @@ __all__ = [
     "BUNDLED_DRIVE_CYCLES",
     "DRIVE_CYCLES_DIR",
     "FAULT_PARAMS",
+    "SIGNAL_UNIT",
     "STREAM_KINDS",
+    "UNIT_PARAM_PREFIX",
     "Ambient",
     "CcCvCharge",
     "Cells",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protocol._constants import FaultKind
+from protocol import FaultKind
 
 from ._reader import Range
 

@@ -15,7 +15,8 @@ from typing import cast
 import numpy as np
 import yaml
 
-from protocol._constants import FaultKind
+from hil_server.model.profiles import NAME_RE
+from protocol import FaultKind
 
 from ._drive_cycles import BUNDLED, BUNDLED_DIR, DriveCycleError, load_drive_cycle
 from ._errors import Issue, ScenarioError
@@ -54,8 +55,6 @@ from ._yaml import RefusedError, compose, read_limited
 
 MAX_MEASURED_BYTES = 64 << 20
 """Largest measured-spectra CSV a scenario may name (about 800 000 points)."""
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-"""Same rule as hil_server.model.profiles.NAME_RE, used for scenario names, profiles and labels."""
 MAX_CELLS = 4096
 MAX_EIS_POINTS = 337
 """The most points one EIS_SPECTRUM frame carries (protocol/SPEC.md)."""
@@ -311,6 +310,18 @@ class _Builder:
                 detail = str(exc).removeprefix(f"{exc.path}:{exc.line}: ")
                 r.errors.append(Issue(str(exc.path), exc.line, "eis.measured.file", detail))
             return None
+        for spectrum in spectra:
+            negative = spectrum.z.real < 0
+            if negative.any():  # no passive cell has it: a sign or column mix-up, not something to stream
+                k = int(negative.argmax())
+                r.error(
+                    m["file"],
+                    "eis.measured.file",
+                    f"{file}: {spectrum.origin or spectrum.cell_id}: Re(Z) < 0 at {spectrum.freq_hz[k]:g} Hz "
+                    f"({spectrum.z.real[k]:g} ohm) and {int(negative.sum()) - 1} more point(s): not the "
+                    "impedance of a cell (columns swapped, or a sign?)",
+                )
+                return None
         return MeasuredEis(file, cast(MeasuredSelect, select), spectra)
 
     def _beside(self, node: yaml.Node, path: str, ref: str, what: str) -> Path | None:
@@ -367,22 +378,24 @@ class _Builder:
             return tuple(values) if values else None
         lo, hi, ppd = _DEFAULT_GRID
         if "frequencies" in m:
-            g = r.mapping(
-                m["frequencies"],
-                "eis.frequencies",
-                ("min_hz", "max_hz", "points_per_decade"),
-                required=("min_hz", "max_hz", "points_per_decade"),
-            )
-            if g is None or len(g) < 3:
+            # each key has its documented default (scenarios/README.md): give only what differs
+            g = r.mapping(m["frequencies"], "eis.frequencies", ("min_hz", "max_hz", "points_per_decade"))
+            if g is None:
                 return None
-            lo_ = r.number(g["min_hz"], "eis.frequencies.min_hz", band)
-            hi_ = r.number(g["max_hz"], "eis.frequencies.max_hz", band)
-            ppd_ = r.integer(g["points_per_decade"], "eis.frequencies.points_per_decade", Range(1, 100))
+            lo_ = r.number(g["min_hz"], "eis.frequencies.min_hz", band) if "min_hz" in g else lo
+            hi_ = r.number(g["max_hz"], "eis.frequencies.max_hz", band) if "max_hz" in g else hi
+            ppd_ = (
+                r.integer(g["points_per_decade"], "eis.frequencies.points_per_decade", Range(1, 100))
+                if "points_per_decade" in g
+                else ppd
+            )
             if lo_ is None or hi_ is None or ppd_ is None:
                 return None
             if lo_ >= hi_:
                 r.error(
-                    g["min_hz"], "eis.frequencies.min_hz", f"expected min_hz < max_hz ({hi_:g}), got {lo_:g}"
+                    g.get("min_hz", m["frequencies"]),
+                    "eis.frequencies.min_hz",
+                    f"expected min_hz < max_hz ({hi_:g}), got {lo_:g}",
                 )
                 return None
             lo, hi, ppd = lo_, hi_, ppd_

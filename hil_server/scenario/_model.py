@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from protocol._constants import FaultKind
+from protocol import FaultKind
 
 EisMode: TypeAlias = Literal["instant", "sweep"]
 ConditionQuantity: TypeAlias = Literal["voltage_v", "soc", "temp_c"]

@@ -7,10 +7,13 @@ goes deeper; the file size is checked before the file is read in full.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from hil_server.eis_data.textfile import TextFileError, decode_text
 
 MAX_FILE_BYTES = 1 << 20
 MAX_DEPTH = 24
@@ -22,6 +25,11 @@ class RefusedError(Exception):
         super().__init__(message)
         self.line = line
         self.message = message
+
+
+YAML12_FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)$")
+"""Floats in exponent notation without a dot (``8e-6``, ``1e3``): YAML 1.2 reads them as numbers, YAML 1.1
+(PyYAML) as strings. The scenario format follows YAML 1.2 here: ``scale: 8e-6`` is a number."""
 
 
 class _GuardedLoader(yaml.SafeLoader):
@@ -52,6 +60,9 @@ class _GuardedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+_GuardedLoader.add_implicit_resolver("tag:yaml.org,2002:float", YAML12_FLOAT, list("-+.0123456789"))
+
+
 def read_limited(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
     """The file's bytes; RefusedError when it is larger than ``limit`` (checked before reading it whole)."""
     with path.open("rb") as fh:
@@ -67,12 +78,9 @@ def compose(data: bytes) -> tuple[yaml.Node | None, yaml.SafeLoader]:
     Raises RefusedError for policy violations and yaml.YAMLError for syntax errors.
     """
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise RefusedError(
-            line, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
-        ) from None
+        text = decode_text(data, "")
+    except TextFileError as exc:
+        raise RefusedError(exc.line, exc.message) from None
     loader = _GuardedLoader(text)
     try:
         root = loader.get_single_node()

@@ -94,7 +94,19 @@ class SendQueue:
         return frames, data
 
     def discard(self) -> None:
-        """Drop everything queued (a stuck peer): the droppable frames are counted as dropped."""
+        """Drop the telemetry queued (a stuck peer), counted as dropped; replies and fault events stay."""
         self.frames_dropped += self.droppable
+        kept = [frame for frame in self.queue if type(frame) is Kept]
         self.queue.clear()
+        self.queue.extend(kept)
         self.droppable = 0
+
+    def last_words(self, bye: p.Bye) -> tuple[int, bytes]:
+        """Closing on a stuck peer (SPEC.md section 8): the telemetry goes, every reply and fault event still
+        queued goes out, then ``bye`` with the highest seq, as one write: (frames, bytes). ``room`` stays as
+        it was: the session is closing, the stream no longer waits for it once it is out of the broadcast."""
+        self.discard()
+        self.queue.append(Kept(self.encoder.encode(bye)))
+        frames, data = len(self.queue), b"".join(self.queue)
+        self.queue.clear()
+        return frames, data

@@ -26,6 +26,10 @@ log = structlog.get_logger(__name__)
 
 DETAIL_MAX = 200
 """An ERROR or NAK message carries at most this many characters of detail."""
+ERRORS_PER_S = 10
+"""ERRORs answering bad frames (not requests: those always get their NAK) at most this many a second."""
+REQUESTS = (p.MsgType.SUBSCRIBE, p.MsgType.CONTROL)
+"""The requests that get exactly one ACK or NAK, in every session state (SPEC.md section 6.1)."""
 
 
 class ServerSession:
@@ -62,7 +66,12 @@ class ServerSession:
         self.challenge = p.new_challenge() if self.secret else bytes(p.AUTH_CHALLENGE_SIZE)
         self.rx_bad = 0
         self.last_rx = 0.0
+        self.opened: float | None = None
+        """When the connection opened (the CLIENT_HELLO deadline counts from it); None: at the first
+        ``expired`` call, ``last_rx`` as it is then."""
         self.last_garbage_error = -math.inf
+        self.error_window = (-math.inf, 0)
+        """(start of the current second, ERRORs sent for bad frames in it)."""
         self.closing = False
         self.log = logger
 
@@ -112,18 +121,27 @@ class ServerSession:
         return self.closing
 
     def bad_input(self, err: p.RemoteProtocolError, now: float) -> None:
-        """Counted and answered, never fatal: a NAK to a CONTROL whose seq is known, an ERROR to anything else
-        with a known seq, and to garbage at most one ERROR a second."""
+        """Counted and answered, never fatal (SPEC.md section 5): a request (CONTROL, SUBSCRIBE) whose seq is
+        known always gets its NAK (``command`` UNPARSED for a CONTROL: its bytes cannot be trusted); any other
+        frame with a known seq an ERROR, at most ``ERRORS_PER_S`` a second; garbage at most one ERROR a
+        second."""
         self.rx_bad += 1
         self.log.warning(f"bad input from {self.peer}", kind=err.kind.name, detail=err.detail, seq=err.seq)
-        if err.seq is not None:
-            if err.msg_type == p.MsgType.CONTROL:
-                self.reply(p.Nak(err.seq, 0, err.kind.code, err.detail[:DETAIL_MAX]), now)
-            else:
-                self.reply(p.Error(err.kind.code, err.seq, err.detail[:DETAIL_MAX]), now)
+        detail = err.detail[:DETAIL_MAX]
+        if err.seq is not None and err.msg_type in REQUESTS:
+            command = p.UNPARSED_COMMAND if err.msg_type == p.MsgType.CONTROL else 0
+            self.reply(p.Nak(err.seq, command, err.kind.code, detail), now)
+        elif err.seq is not None:
+            start, sent = self.error_window
+            if now - start >= 1.0:
+                start, sent = now, 0
+            if sent < ERRORS_PER_S:
+                self.reply(p.Error(err.kind.code, err.seq, detail), now)
+                sent += 1
+            self.error_window = (start, sent)
         elif now - self.last_garbage_error >= 1.0:
             self.last_garbage_error = now
-            self.reply(p.Error(err.kind.code, 0, err.detail[:DETAIL_MAX]), now)
+            self.reply(p.Error(err.kind.code, 0, detail), now)
 
     def handle(self, frame: p.Frame, now: float) -> None:
         msg, seq = frame.message, frame.seq
@@ -132,14 +150,24 @@ class ServerSession:
             self.end(None, msg.message, now)
             return
         if isinstance(msg, p.Heartbeat):
+            return  # in every state, never answered: it only proves the peer is alive
+        if isinstance(msg, p.Error):  # in every state, never answered (no ERROR about an ERROR)
+            self.log.warning(
+                f"{self.peer} reports an error", code=msg.code, ref_seq=msg.ref_seq, text=msg.message
+            )
             return
-        target = self.transitions[self.state].get(p.MsgType(msg.MSG_TYPE))
+        msg_type = p.MsgType(msg.MSG_TYPE)
+        target = self.transitions[self.state].get(msg_type)
         if target is None:
             if self.state is SessionState.HANDSHAKE:
                 text = "send CLIENT_HELLO first"
             else:
-                text = f"{p.MsgType(msg.MSG_TYPE).name} is not accepted from a {self.peer}"
-            self.reply(p.Error(p.ErrorCode.NOT_ALLOWED_IN_STATE, seq, text), now)
+                text = f"{msg_type.name} is not accepted from a {self.peer}"
+            if msg_type in REQUESTS:  # one rule a client can wait on: every request gets ACK or NAK
+                command = msg.command if isinstance(msg, p.Control) else 0
+                self.reply(p.Nak(seq, command, p.ErrorCode.NOT_ALLOWED_IN_STATE, text), now)
+            else:
+                self.reply(p.Error(p.ErrorCode.NOT_ALLOWED_IN_STATE, seq, text), now)
         elif isinstance(msg, p.ClientHello):
             self.client_hello(seq, msg, target, now)
         elif isinstance(msg, p.Subscribe):
@@ -175,7 +203,7 @@ class ServerSession:
 
     def check_subscribe(self, seq: int, msg: p.Subscribe, now: float) -> tuple[int, ...] | None:
         """The cells of a SUBSCRIBE if it may be carried out; else a NAK is sent and None returned."""
-        cells = tuple(int(c) for c in msg.cells)
+        cells = tuple(dict.fromkeys(int(c) for c in msg.cells))  # a cell named twice is subscribed once
         allowed = self.subscribable_cells()
         bad = [c for c in cells if c not in allowed]
         if bad:
@@ -193,12 +221,15 @@ class ServerSession:
     # -- time ------------------------------------------------------------------------------------------------
     def expired(self, now: float) -> str | None:
         """Why the peer has timed out (the text of the BYE HEARTBEAT_TIMEOUT), or None: no CLIENT_HELLO within
-        ``handshake_timeout_s``, or nothing at all received for ``peer_timeout_s``."""
+        ``handshake_timeout_s`` of the connection opening (whatever else the peer sends), or nothing at all
+        received for ``peer_timeout_s``."""
         silent_s = now - self.last_rx
+        if self.opened is None:
+            self.opened = self.last_rx
         if self.state is SessionState.HANDSHAKE:
             if self.handshake_timeout_s is None:
                 return None
-            if silent_s > self.handshake_timeout_s:
+            if now - self.opened > self.handshake_timeout_s:
                 return "no CLIENT_HELLO in time"
         if silent_s > self.peer_timeout_s:
             return f"nothing received for {self.peer_timeout_s:g} s"

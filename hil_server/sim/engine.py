@@ -17,7 +17,9 @@ import structlog
 from hil_server.model.circuit import P, impedance
 from hil_server.scenario import FAULT_PARAMS as SCENARIO_FAULT_PARAMS
 from hil_server.scenario import (
+    SIGNAL_UNIT,
     STREAM_KINDS,
+    UNIT_PARAM_PREFIX,
     Ambient,
     CcCvCharge,
     ConstantCurrent,
@@ -34,9 +36,7 @@ from hil_server.scenario import (
     Until,
     kind_name,
 )
-from hil_server.scenario._faults import SIGNAL_UNIT, UNIT_PARAM_PREFIX
-from protocol import CellFlags, FaultKind
-from protocol._constants import FaultPhase
+from protocol import CellFlags, FaultKind, FaultPhase
 
 from .cell import time_domain
 from .faults import MEASUREMENT_KINDS, FaultState, apply_impedance, apply_real
@@ -219,6 +219,14 @@ class Engine:
         self._range = source.input_range(scenario.cells.profile)
         self._controls: list[_Control] = []
         self._replaying = False
+        self._fault_ids_issued = 0
+        """Faults injected by control so far, over the engine's life: not part of the state a seek restores,
+        so an injected fault's id is never given twice (SPEC.md: fault ids)."""
+        self._spectrum_counter = np.zeros(self.n_cells, dtype=np.int64)
+        """Spectra started per cell over the engine's life (the last ``spectrum_id`` given): not part of the
+        state a seek restores, and spectra of the steps a seek skips are not counted, so ids are never given
+        twice and none is skipped (SPEC.md: spectrum ids)."""
+        self._seeking = False
         before = set(self.__dict__)
         self._reset()
         self._state_keys = tuple(k for k in self.__dict__ if k not in before and k != "_timeline")
@@ -277,7 +285,6 @@ class Engine:
         self._next_auto_s = interval if interval is not None else math.inf
         self._pending = np.zeros((2, n), dtype=bool)
         """Requested spectra not yet started, per output mode: row 0 instant, row 1 sweep-timed."""
-        self._spectrum_counter = np.zeros(n, dtype=np.int64)
         self._measured_next = np.zeros(n, dtype=np.int64)
         """Measured spectra, ``sequence``: each cell's next row."""
         self._sweeping = np.zeros(n, dtype=bool)
@@ -310,7 +317,6 @@ class Engine:
                     rng=np.random.default_rng(seed),
                 )
             )
-        self._injected_count = 0
         self._events: list[FaultEvent] = []
         self._seg_events: list[SegmentEvent] = []
 
@@ -397,10 +403,12 @@ class Engine:
         severity: float = 1.0,
         duration_s: float | None = None,
         params: Mapping[str, float | int | str] | None = None,
+        fault_id: int | None = None,
     ) -> int:
         """Starts a fault at the next step (kind-specific parameters default as in a scenario file); returns
-        its id. ``cells`` None = all cells (ignored for stream faults). ValueError if a parameter without a
-        default is missing (nothing is recorded then)."""
+        its id, a new one (``fault_id`` is the id it was given, when a seek replays it). ``cells`` None = all
+        cells (ignored for stream faults). ValueError if a parameter without a default is missing (nothing is
+        recorded then)."""
         defaults = {
             key: spec.default for key, spec in SCENARIO_FAULT_PARAMS[kind].items() if spec.default is not None
         }
@@ -411,11 +419,13 @@ class Engine:
             missing += [] if unit_key in merged else [unit_key]
         if missing:
             raise ValueError(f"{kind_name(kind)} needs {', '.join(missing)}, which has no default")
+        if fault_id is None:
+            self._fault_ids_issued += 1
+            fault_id = INJECTED_ID_BASE + self._fault_ids_issued
+        fid = fault_id
         self._record(
-            "inject_fault", kind, None if cells is None else tuple(cells), severity, duration_s, params
+            "inject_fault", kind, None if cells is None else tuple(cells), severity, duration_s, params, fid
         )
-        self._injected_count += 1
-        fid = INJECTED_ID_BASE + self._injected_count
         seed = int(np.random.SeedSequence([self.seed, fid]).generate_state(1, np.uint64)[0])
         start = self.time_s
         self._faults.append(
@@ -440,11 +450,14 @@ class Engine:
         return fid
 
     def clear_fault(self, fault_id: int) -> int:
-        """Ends a fault at the next step; 0 = every fault injected by control. Returns the number cleared."""
+        """Ends a fault at the next step; 0 = every fault injected by control. Returns the number cleared: a
+        fault already ending at this step (cleared before, or at the end of its duration) is not counted."""
         self._record("clear_fault", fault_id)
         n = 0
         for f in self._faults:
             if f.done or (fault_id == 0 and not f.injected) or (fault_id not in (0, f.fault_id)):
+                continue
+            if f.end_s is not None and f.end_s <= self.time_s + _EPS_S:
                 continue
             f.end_s = self.time_s
             if f.start_s is None or f.start_s > self.time_s:
@@ -452,19 +465,44 @@ class Engine:
             n += 1
         return n
 
+    def seek_step(self, time_s: float) -> int:
+        """The step a seek to ``time_s`` reaches: the nearest one, a tie going to the later step."""
+        return max(0, math.floor(time_s * self.scenario.step_rate_hz + 0.5))
+
     def seek_steps(self, time_s: float) -> int:
         """How many steps ``seek(time_s)`` would simulate (from the checkpoint it would restart from)."""
-        target = max(0, round(time_s * self.scenario.step_rate_hz))
+        target = self.seek_step(time_s)
         if target >= self._k:
             return target - self._k
         start = max((cp for cp, _ in self._checkpoints if cp < target), default=0)
         return target - start
 
-    def seek(self, time_s: float) -> None:
-        """Moves to ``time_s`` (rounded to a step): backwards restarts from the last checkpoint at or before
+    def seek(self, time_s: float, *, keep_requests: bool = True) -> None:
+        """Moves to ``time_s`` (``seek_step``): backwards restarts from the last checkpoint at or before
         the target (t = 0 if none) and replays the recorded controls issued before the target (later ones
-        are forgotten); forwards simply runs on. The result is the same as running straight there."""
-        target = max(0, round(time_s * self.scenario.step_rate_hz))
+        are forgotten); forwards simply runs on. The result is the same as running straight there, but for
+        what the seek's caller was promised: spectrum requests not yet started are carried to the target
+        (unless ``keep_requests`` is False), the spectra of the skipped steps are not counted (a sweep that
+        starts in them gets its id at the target), and ids stay unique (see ``_spectrum_counter``)."""
+        target = self.seek_step(time_s)
+        backward = target < self._k
+        requested = np.flatnonzero(self._pending.any(axis=0))
+        self._seeking = True
+        try:
+            self._seek(target)
+        finally:
+            self._seeking = False
+        if keep_requests and requested.size:
+            self.request_spectrum(requested.tolist())  # recorded at the target, so a later seek replays it
+        for run in self._sweeps:
+            # a sweep started during the seek has no id yet (0); after a seek back every running sweep is a
+            # new one, even if a checkpoint restored it with the id it had the first time round
+            fresh = np.ones(run.cells.size, bool) if backward else run.ids == 0
+            if fresh.any():
+                self._spectrum_counter[run.cells[fresh]] += 1
+                run.ids[fresh] = self._spectrum_counter[run.cells[fresh]]
+
+    def _seek(self, target: int) -> None:
         if target < self._history_from_k:
             earliest = self._history_from_k / self.scenario.step_rate_hz
             raise ValueError(
@@ -968,9 +1006,10 @@ class Engine:
         return impedance(params, self.freq_hz[points][None, :])
 
     def _start_spectrum(self, cells: I64) -> I64 | None:
-        """A spectrum of ``cells`` starts: count it; returns the measured spectra it will report (None: the
-        model's)."""
-        self._spectrum_counter[cells] += 1
+        """A spectrum of ``cells`` starts: count it (not during a seek: nobody sees it); returns the measured
+        spectra it will report (None: the model's)."""
+        if not self._seeking:
+            self._spectrum_counter[cells] += 1
         bank = self._measured
         if bank is None:
             return None
@@ -979,6 +1018,10 @@ class Engine:
         rows = self._measured_next[cells] % len(bank)
         self._measured_next[cells] += 1
         return rows
+
+    def _ids(self, cells: I64) -> I64:
+        """The ids of spectra of ``cells`` just started: 0 during a seek (not counted)."""
+        return np.zeros(cells.size, np.int64) if self._seeking else self._spectrum_counter[cells].copy()
 
     def _measure(self, cells: I64, z: C128, point_index: I64, now_s: float) -> tuple[C128, Bool]:
         dropped = ~np.isfinite(z)  # a measured spectrum that does not reach a grid frequency
@@ -1009,9 +1052,7 @@ class Engine:
             rows = self._start_spectrum(cells)
             z = self._true_z(cells, all_points, rows)
             rep, dropped = self._measure(cells, z, all_points, now_s)
-            spectra.append(
-                self._spectrum(cells, self._spectrum_counter[cells].copy(), z, rep, dropped, 0, flags)
-            )
+            spectra.append(self._spectrum(cells, self._ids(cells), z, rep, dropped, 0, flags))
         self._pending[0] = False
         if "sweep" not in self.eis_modes:
             self._pending[1] = False  # sweeps already running complete
@@ -1026,7 +1067,7 @@ class Engine:
             self._sweeps.append(
                 _SweepRun(
                     cells=cells,
-                    ids=self._spectrum_counter[cells].copy(),
+                    ids=self._ids(cells),
                     rows=np.zeros(cells.size, np.int64) if rows is None else rows,
                     start_s=now_s,
                     done_s=now_s + np.cumsum(durations),

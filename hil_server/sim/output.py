@@ -16,8 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from protocol import FaultKind
-from protocol._constants import FaultPhase
+from protocol import FaultKind, FaultPhase
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]

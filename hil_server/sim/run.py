@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -33,11 +35,12 @@ import structlog
 
 from ..model.profiles import resolve
 from ..model.runtime import NumpyPinn
-from ..model.store import BUNDLED_MODEL_DIR, ModelMetadata, read_metadata
-from ..scenario import Scenario, load_scenario, scenario_hash
+from ..model.store import BUNDLED_MODEL_DIR, ModelLoadError, ModelMetadata, read_metadata
+from ..scenario import Issue, Scenario, ScenarioError, load_scenario, scenario_hash
 from .engine import Engine
+from .limits import limit_issues
 from .output import BATCH_STEPS, RunWriter, filesystem
-from .profiles import OperatingRange
+from .profiles import PROFILES, OperatingRange
 from .source import PinnCircuitSource
 
 log = structlog.get_logger(__name__)
@@ -56,8 +59,12 @@ def build_engine(
     runtime, no TensorFlow) as its circuit source."""
     scenario = scenario or load_scenario(scenario_path)
     meta = read_metadata(model_dir)
-    runtime = NumpyPinn.load(model_dir)
     profile = resolve(scenario.cells.profile, meta)
+    if profile.base in PROFILES:  # else Engine says the profile has no cell constants
+        issues = limit_issues(scenario, PROFILES[profile.base])
+        if issues:
+            raise ScenarioError(issues)
+    runtime = NumpyPinn.load(model_dir)
     latents = (
         {profile.name: (profile.base, profile.latent, profile.aging)} if profile.latent is not None else None
     )
@@ -71,6 +78,16 @@ def build_engine(
     return Engine(scenario, source, seed, base_profile=profile.base), scenario, meta
 
 
+def scenario_limit_issues(scenario: Scenario, model_dir: Path = BUNDLED_MODEL_DIR) -> list[Issue]:
+    """The values of ``scenario`` beyond its cell's limits (``limits.limit_issues``); a calibrated profile
+    is checked against its base profile's cell. Empty when the profile is unknown (loading says so)."""
+    try:
+        base = resolve(scenario.cells.profile, read_metadata(model_dir)).base
+    except ModelLoadError:
+        return []
+    return limit_issues(scenario, PROFILES[base]) if base in PROFILES else []
+
+
 def run_scenario(
     scenario_path: Path,
     out_dir: Path,
@@ -80,8 +97,11 @@ def run_scenario(
     max_s: float = DEFAULT_MAX_S,
     fmt: str = "parquet",
     progress: Callable[[float, int], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Run one scenario to its end (or ``max_s`` simulated seconds) and write the files. Returns run.json."""
+    """Run one scenario to its end (or ``max_s`` simulated seconds, or until ``stop()``, asked after each
+    step, is true) and write the files. Returns run.json, whose ``interrupted`` says whether ``stop`` ended
+    it: the files then hold every step simulated so far, and are valid."""
     started = time.monotonic()
     engine, scenario, meta = build_engine(scenario_path, model_dir, seed)
     writer = RunWriter(
@@ -90,9 +110,14 @@ def run_scenario(
         scenario.cells.profile,
         scenario.eis.frequencies_hz,
     )
+    log.info("run started", scenario=scenario.name, seed=engine.seed, out=str(out_dir))
     steps = 0
+    interrupted = False
     try:
         while not engine.finished and engine.time_s < max_s:
+            if stop is not None and stop():
+                interrupted = True
+                break
             writer.add(engine.step())
             steps += 1
             if progress is not None and steps % BATCH_STEPS == 0:
@@ -109,6 +134,7 @@ def run_scenario(
         "cells": scenario.cells.count,
         "simulated_s": engine.time_s,
         "finished": engine.finished,
+        "interrupted": interrupted,
         "steps": steps,
         "rows": rows,
         "spectrum_points": writer.points,
@@ -116,14 +142,61 @@ def run_scenario(
         "wall_s": round(time.monotonic() - started, 3),
     }
     (out_dir / "run.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    if not engine.finished:
+    if interrupted:
+        log.warning("run interrupted: the files hold the steps so far", simulated_s=engine.time_s)
+    elif not engine.finished:
         log.warning("scenario stopped before its end", simulated_s=engine.time_s, max_s=max_s)
     return summary
 
 
+class _WorkerStop:
+    """In a sweep's worker process: the sweep's stop event (a multiprocessing.Event the parent sets) and
+    whether the worker itself was sent SIGTERM."""
+
+    event: Any = None
+    signalled = False
+
+    @classmethod
+    def requested(cls) -> bool:
+        return cls.signalled or (cls.event is not None and cls.event.is_set())
+
+
+def _on_term(_signum: int, _frame: object) -> None:
+    _WorkerStop.signalled = True
+
+
+def _worker_init(event: Any) -> None:
+    """A sweep worker stops its run when the parent sets ``event`` (the parent got SIGINT or SIGTERM), or
+    when it is sent SIGTERM itself; Ctrl-C on a terminal reaches the whole process group, and the parent
+    alone decides (the worker ignores SIGINT)."""
+    _WorkerStop.event = event
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_term)
+
+
 def _run_one(args: tuple[Path, Path, Path, int, float, str]) -> dict[str, Any]:
     scenario_path, out_dir, model_dir, seed, max_s, fmt = args
-    return run_scenario(scenario_path, out_dir, model_dir=model_dir, seed=seed, max_s=max_s, fmt=fmt)
+    return run_scenario(
+        scenario_path,
+        out_dir,
+        model_dir=model_dir,
+        seed=seed,
+        max_s=max_s,
+        fmt=fmt,
+        stop=_WorkerStop.requested,
+    )
+
+
+class SweepStop:
+    """Stops a running ``run_sweep`` from the parent process (a signal handler may call ``set``): every
+    worker ends its run after its current step, writes valid files marked ``interrupted``, and the runs not
+    started yet are written empty, marked the same."""
+
+    def __init__(self) -> None:
+        self.event = multiprocessing.get_context().Event()
+
+    def set(self) -> None:
+        self.event.set()
 
 
 def run_sweep(
@@ -136,12 +209,15 @@ def run_sweep(
     fmt: str = "parquet",
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    stop: SweepStop | None = None,
 ) -> list[dict[str, Any]]:
-    """One scenario over several seeds, in parallel on all cores: a dataset partitioned as ``seed=<n>/``."""
+    """One scenario over several seeds, in parallel on all cores: a dataset partitioned as ``seed=<n>/``.
+    ``stop``: see SweepStop."""
     jobs = [(scenario_path, out_dir / f"seed={s}", model_dir, s, max_s, fmt) for s in seeds]
     n_workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
+    stop = stop or SweepStop()
     results: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(max_workers=n_workers) as pool:
+    with ProcessPoolExecutor(max_workers=n_workers, initializer=_worker_init, initargs=(stop.event,)) as pool:
         for done, result in enumerate(pool.map(_run_one, jobs), 1):
             results.append(result)
             if progress is not None:

@@ -91,10 +91,6 @@ class PinnModel(Protocol):
     def params(self, profile_idx: int, op: npt.ArrayLike, latent: npt.ArrayLike | None = None) -> F64: ...
 
 
-_CalibratedEntry = tuple[str, Sequence[float], Sequence[float] | None]
-"""(base profile, log-offsets, aging rate or None)."""
-
-
 class PinnCircuitSource:
     """Adapts a PINN runtime: ``op`` rows are ``[soc, temp_c, soh]``. ``latents`` maps calibrated profile
     names to (base profile, log-offsets) or (base profile, log-offsets, aging rate); what they add at each

@@ -90,6 +90,9 @@ class _Group:
 class ReplaySource:
     """A capture as a ``Source``: one tick per instant at which frames were recorded."""
 
+    simulates = False
+    """Commands that act on a simulation are refused in every state (SPEC.md 6.3)."""
+
     def __init__(
         self,
         path: str | Path,
@@ -152,6 +155,8 @@ class ReplaySource:
         self._index = 0
         self._time_us = 0
         self.path = Path(path)
+        self.capture = capture
+        """The capture as read: ``capture.skipped`` lists damaged spans left out (CAPTURE.md 6.2)."""
         self.n_cells = hello.cell_count
         self.freq_hz = hello.freq_hz
         self._hello = dataclasses.replace(hello, server_version=server_version or hello.server_version)
@@ -200,8 +205,9 @@ class ReplaySource:
     def set_eis_modes(self, modes: frozenset[int]) -> None:
         """A capture has the spectra it has: every client's mode filters them."""
 
-    def seek(self, time_us: int) -> None:
-        """To capture time ``time_us`` (on the looped time line; past the end: the last frame)."""
+    def seek(self, time_us: int, *, restart: bool = False) -> None:
+        """To capture time ``time_us`` (on the looped time line; past the end: the last frame). A replay
+        carries nothing over a seek, so ``restart`` changes nothing."""
         self._pass = min(time_us // self._period_us, max(self._loops - 1, 0) if self._loops else time_us)
         rel = time_us - self._pass * self._period_us
         i = bisect.bisect_left(self._times, rel)
@@ -209,6 +215,10 @@ class ReplaySource:
             self._pass, i = self._pass + 1, 0  # in the pause between two passes: the next pass
         self._index = min(i, len(self._groups) - 1)
         self._time_us = min(time_us, self.next_time_us)
+
+    def active_fault_events(self) -> list[p.FaultEvent]:
+        """A replay sends the FAULT_EVENTs that were recorded, no more."""
+        return []
 
     def seek_cost(self, time_us: int) -> int:
         """A capture is indexed by time: seeking computes nothing."""

@@ -87,6 +87,7 @@ class StreamScheduler:
     lateness_us: list[float]
     tick_cost_s: float
     recorder: Any
+    fault_owners: dict[int, object]
 
     def _record(self, msg_type: int, payload: bytes, flags: int = 0) -> None:
         raise NotImplementedError
@@ -218,17 +219,31 @@ class StreamScheduler:
             self.streaming_changed.clear()
             waits = [asyncio.ensure_future(s.room.wait()) for s in streaming if not s.room.is_set()]
             waits.append(asyncio.ensure_future(self.streaming_changed.wait()))
-            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for w in pending:
-                w.cancel()
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when the loop is cancelled (server stop): no wait left pending
+                for w in waits:
+                    w.cancel()
+
+    def _own_faults(
+        self, faults: tuple[StreamFault, ...], sessions: list[StreamingSession]
+    ) -> dict[int, tuple[StreamFault, ...]]:
+        """Per session (by id), the stream faults acting on it: those of the scenario, and those it injected
+        by CONTROL (SPEC.md 6.4); empty when every session gets them all."""
+        owners = self.fault_owners
+        if not owners or all(f.fault_id not in owners for f in faults):
+            return {}
+        return {id(s): tuple(f for f in faults if owners.get(f.fault_id, s) is s) for s in sessions}
 
     def _broadcast(self, tick: Tick, sessions: list[StreamingSession]) -> None:
-        faults = tick.stream_faults
+        all_faults = tick.stream_faults
         # no stream fault active or pending anywhere: every telemetry frame takes the lean path
-        plain = not faults
-        if faults:
+        plain = not all_faults
+        own = self._own_faults(all_faults, sessions) if all_faults else {}
+        owners = self.fault_owners
+        if all_faults:
             for s in sessions:
-                if s.transport.disconnect_due(faults):
+                if s.transport.disconnect_due(own.get(id(s), all_faults)):
                     s.log.warning("disconnect fault: cutting the connection")
                     s.abort()
             sessions = [s for s in sessions if not s.closing]
@@ -245,13 +260,23 @@ class StreamScheduler:
             if recorder is not None:
                 self._record(msg_type, item.encoded(), flags)
             lean = plain and bit != BIT_EVENT
-            for s in sessions:
+            targets = sessions
+            if bit == BIT_EVENT and owners:  # the events of a stream fault injected by CONTROL: its session's
+                event = item.message
+                assert isinstance(event, p.FaultEvent)
+                owner = owners.get(event.fault_id)
+                if owner is not None:
+                    targets = [s for s in sessions if s is owner]
+                    if event.phase == p.FaultPhase.END:
+                        del owners[event.fault_id]
+            for s in targets:
                 if item.step % s.divider or not s.wants(item, default):
                     continue
                 if lean and (bit != BIT_STATES or s.cells is None):
                     payload = item.payload  # item.encoded() without its call: once per frame per client
                     s.push_telemetry(msg_type, payload if payload is not None else item.encoded(), flags)
                     continue
+                faults = own.get(id(s), all_faults)
                 if item.bit == BIT_STATES and s.cells is not None:
                     msg = item.message
                     assert isinstance(msg, p.CellStates)
@@ -266,6 +291,6 @@ class StreamScheduler:
                 s.push_payload(item.msg_type, item.encoded(), droppable, faults, tick.time_us, item.flags)
         for s in sessions:
             if not plain and not s.transport.idle:
-                s.queue_telemetry(s.transport.release(tick.time_us, faults))
+                s.queue_telemetry(s.transport.release(tick.time_us, own.get(id(s), all_faults)))
             if s.queue:
                 s.wake.set()

@@ -17,7 +17,8 @@ import numpy.typing as npt
 import protocol as p
 from hil_server.model.linkk import kk_residual
 from hil_server.sim.engine import Engine
-from hil_server.sim.output import StepOutput, StreamFault
+from hil_server.sim.output import FaultEvent, StepOutput, StreamFault
+from protocol._constants import FaultPhase
 
 MAX_CELLS_PER_FRAME = (
     p.MAX_PAYLOAD_SIZE - p.fixed_payload_size(p.MsgType.CELL_STATES)
@@ -109,6 +110,8 @@ class Source(Protocol):
 
     n_cells: int
     freq_hz: Any
+    simulates: bool
+    """False: every command that acts on a simulation is refused (a replay)."""
 
     @property
     def time_us(self) -> int: ...
@@ -130,7 +133,9 @@ class Source(Protocol):
         """The EisMode values (INSTANT, SWEEP) that some client wants; empty: the source's default."""
         ...
 
-    def seek(self, time_us: int) -> None: ...
+    def seek(self, time_us: int, *, restart: bool = False) -> None:
+        """Move to ``time_us``; ``restart``: a new run (START), nothing carried over."""
+        ...
 
     def seek_cost(self, time_us: int) -> int:
         """How many ticks' worth of work ``seek(time_us)`` would do (the server refuses a seek that would
@@ -139,6 +144,11 @@ class Source(Protocol):
 
     def control(self, msg: p.Control, cells: list[int] | None) -> int:
         """Carry out a command that acts on the simulation; raise ControlRefusedError if not possible."""
+        ...
+
+    def active_fault_events(self) -> list[p.FaultEvent]:
+        """A START for every fault active as a client streaming since the last step has been told (what a
+        client that subscribes to FAULT_EVENT now is sent first, SPEC.md 6.4)."""
         ...
 
 
@@ -168,31 +178,33 @@ def _state_records(out: StepOutput) -> npt.NDArray[np.void]:
     return records
 
 
+def fault_event_message(fe: FaultEvent) -> p.FaultEvent:
+    return p.FaultEvent(
+        fe.time_us,
+        fe.fault_id,
+        round(fe.severity * 1e6),
+        int(fe.kind),
+        int(fe.phase),
+        np.array(fe.cells, dtype=np.uint16),
+    )
+
+
 def step_messages(
     out: StepOutput, wall_us: int, wanted: int = p.SubscribeMask.ALL, eis_flags: int = 0
 ) -> Iterator[Item]:
-    """The messages of what one engine step produces, only of the kinds in ``wanted``: a spectrum costs a
-    Lin-KK fit (0.35 ms), not worth paying when no client subscribes to it. ``eis_flags``: frame flags of
+    """The messages of what one engine step produces, only of the kinds in ``wanted``, in the order SPEC.md
+    section 8 gives (fault events, cell states, points, spectra): a spectrum costs a Lin-KK fit (0.35 ms),
+    not worth paying when no client subscribes to it. ``eis_flags``: frame flags of
     the spectra and points (MEASURED when they come from measured data)."""
+    for fe in out.fault_events if wanted & p.SubscribeMask.FAULT_EVENT else ():
+        yield Item(BIT_EVENT, fault_event_message(fe), None)
+    # after the fault events: a CELL_STATES flagged FAULT_ACTIVE never arrives before the fault's START
     n = out.reported.voltage_v.size if wanted & BIT_STATES else 0
     if n:
         records = _state_records(out)
         for start in range(0, n, MAX_CELLS_PER_FRAME):
             chunk = records[start : start + MAX_CELLS_PER_FRAME]
             yield Item(BIT_STATES, p.CellStates(out.time_us, wall_us, out.step & 0xFFFFFFFF, chunk), None)
-    for fe in out.fault_events if wanted & p.SubscribeMask.FAULT_EVENT else ():
-        yield Item(
-            BIT_EVENT,
-            p.FaultEvent(
-                fe.time_us,
-                fe.fault_id,
-                round(fe.severity * 1e6),
-                int(fe.kind),
-                int(fe.phase),
-                np.array(fe.cells, dtype=np.uint16),
-            ),
-            None,
-        )
     # the points that complete a sweep before the whole spectrum
     for pts in out.points if wanted & p.SubscribeMask.EIS_POINT else ():
         for i, cell in enumerate(pts.cells.tolist()):
@@ -258,6 +270,8 @@ _MODE_NAMES: dict[int, str] = {p.EisMode.INSTANT: "instant", p.EisMode.SWEEP: "s
 class EngineSource:
     """A running scenario: one tick is one engine step."""
 
+    simulates = True
+
     def __init__(self, engine: Engine, identity: Identity, server_version: str) -> None:
         self.engine = engine
         self.identity = identity
@@ -266,6 +280,8 @@ class EngineSource:
         self.freq_hz = engine.freq_hz
         self._modes = engine.eis_modes
         self._eis_flags = int(p.FrameFlags.MEASURED) if engine.scenario.eis.measured is not None else 0
+        self._seek_events: tuple[FaultEvent, ...] = ()
+        """The FAULT_EVENTs a seek made necessary, sent before the next step's own."""
 
     @property
     def time_us(self) -> int:
@@ -293,6 +309,9 @@ class EngineSource:
 
     def tick(self, wanted: int, wall_us: int) -> Tick:
         out = self.engine.step()
+        if self._seek_events:
+            out = dataclasses.replace(out, fault_events=self._seek_events + out.fault_events)
+            self._seek_events = ()
         return Tick(
             out.time_us,
             step_messages(out, wall_us, wanted, self._eis_flags),
@@ -305,13 +324,45 @@ class EngineSource:
         self._modes = names or frozenset({self.engine.scenario.eis.mode})
         self.engine.set_eis_modes(self._modes)
 
-    def seek(self, time_us: int) -> None:
-        """Seeking back replays the modes in force then; from the target on, the clients' modes apply."""
+    def seek(self, time_us: int, *, restart: bool = False) -> None:
+        """Seeking back replays the modes in force then; from the target on, the clients' modes apply.
+        ``restart`` (START from STOPPED or FINISHED): spectrum requests not yet served are dropped.
+
+        What the clients were told stays true (SPEC.md section 6.4): a fault active before the seek and not
+        at the target gets its END, one active at the target and not before (started in the skipped steps, or
+        injected just before the seek) its START, both at the time reached, before the next step's frames."""
+        before = self._active_faults()
         try:
-            self.engine.seek(time_us / 1e6)
+            self.engine.seek(time_us / 1e6, keep_requests=not restart)
         except ValueError as exc:
             raise ControlRefusedError(p.ErrorCode.OUT_OF_RANGE, str(exc)[:200]) from None
         self.engine.set_eis_modes(self._modes)
+        after = self._active_faults()
+        now = self.engine.time_us
+        ended = [
+            FaultEvent(now, i, k, FaultPhase.END, c, v) for i, (k, c, v) in before.items() if i not in after
+        ]
+        started = [
+            FaultEvent(now, i, k, FaultPhase.START, c, v) for i, (k, c, v) in after.items() if i not in before
+        ]
+        # two seeks before a step: the second one's events follow the first's (a START, then its END)
+        self._seek_events = (*self._seek_events, *ended, *started)
+
+    def active_fault_events(self) -> list[p.FaultEvent]:
+        state = self._active_faults()
+        for e in reversed(self._seek_events):  # as before the events a seek left for the next step
+            if e.phase == FaultPhase.START:
+                state.pop(e.fault_id, None)
+            else:
+                state[e.fault_id] = (e.kind, e.cells, e.severity)
+        now = self.engine.time_us
+        return [
+            fault_event_message(FaultEvent(now, i, k, FaultPhase.START, c, v))
+            for i, (k, c, v) in state.items()
+        ]
+
+    def _active_faults(self) -> dict[int, tuple[p.FaultKind, tuple[int, ...], float]]:
+        return {fid: (kind, cells, severity) for fid, kind, cells, severity in self.engine.active_faults()}
 
     def seek_cost(self, time_us: int) -> int:
         return self.engine.seek_steps(time_us / 1e6)
@@ -319,6 +370,12 @@ class EngineSource:
     def control(self, msg: p.Control, cells: list[int] | None) -> int:
         cmd, e, c = msg.command, self.engine, p.ControlCommand
         if cmd == c.SET_LOAD_CURRENT:
+            limit_uA = round(e.profile.current_max_a * 1e6)
+            if not msg.aux & 1 and not -limit_uA <= msg.value <= limit_uA:
+                raise ControlRefusedError(
+                    p.ErrorCode.OUT_OF_RANGE,
+                    f"load current {msg.value} uA outside the cells' limit -{limit_uA}..{limit_uA} uA",
+                )
             e.set_load_current(None if msg.aux & 1 else msg.value / 1e6, cells)
             return 0
         if cmd == c.SET_AMBIENT_TEMPERATURE:
@@ -364,5 +421,6 @@ __all__: Sequence[str] = [
     "Item",
     "Source",
     "Tick",
+    "fault_event_message",
     "step_messages",
 ]

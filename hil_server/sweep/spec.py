@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..model.profiles import NAME_RE
 from ..scenario import Issue, Scenario, ScenarioError, load_edited
-from ..scenario._loader import MAX_SEED, NAME_RE
+from ..scenario._loader import MAX_SEED
 from ..scenario._reader import Range, Reader, join, line_of, shown
 from ..scenario._yaml import RefusedError, compose, read_limited
 

@@ -22,16 +22,14 @@ import gc
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 import protocol as p
-from hil_server.client.text import enum_name
 from hil_server.session.config import ServerConfig
 from hil_server.session.send_queue import Kept, SendQueue
 from hil_server.session.server_session import (
-    DETAIL_MAX,
     ServerSession,
     heartbeat,
     lateness_percentiles_us,
@@ -39,18 +37,10 @@ from hil_server.session.server_session import (
 from hil_server.sim.engine import Engine
 from hil_server.sim.output import StreamFault
 from hil_server.stream.control import StreamControl
-from hil_server.stream.scheduler import StreamScheduler
-from hil_server.stream.source import (
-    BIT_POINT,
-    BIT_STATES,
-    INSTANT,
-    ControlRefusedError,
-    EngineSource,
-    Item,
-    Source,
-)
+from hil_server.stream.scheduler import StreamingSession, StreamScheduler
+from hil_server.stream.source import ControlRefusedError, EngineSource, Source
 from hil_server.stream.source import Identity as ServerIdentity
-from hil_server.stream.stream_faults import TransportFaults
+from hil_server.transport.subscriber import Subscriber
 from protocol import SessionState
 
 if TYPE_CHECKING:
@@ -62,8 +52,31 @@ SLOW_GC_S = 0.05
 """A garbage collection that holds the loop this long is logged (a cause of stalls to rule in or out)."""
 
 
-class Session(ServerSession, SendQueue):
+class Peer(StreamingSession, Protocol):
+    """What the server needs of each of its sessions, whatever carries its bytes: a TCP ``Session`` or a
+    serial port attached with ``HilServer.attach`` (``serial.served``)."""
+
+    @property
+    def client_name(self) -> str: ...
+
+    @property
+    def frames_sent(self) -> int: ...
+
+    @property
+    def frames_dropped(self) -> int: ...
+
+    @property
+    def rx_bad(self) -> int: ...
+
+    def bye(self, code: p.ErrorCode, message: str) -> None: ...
+
+    def heartbeat_due(self, now: float, lateness_us: tuple[int, int, int]) -> None: ...
+
+
+class Session(Subscriber, ServerSession, SendQueue):
     """One connected client: the shared sans-IO session and send queue, over an asyncio stream pair."""
+
+    server: HilServer
 
     def __init__(
         self, server: HilServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sid: int
@@ -78,15 +91,8 @@ class Session(ServerSession, SendQueue):
             self, logger=log.bind(session=sid, peer=str(writer.get_extra_info("peername")))
         )
         SendQueue.__init__(self, cfg.queue_frames, self.wake, self.room)
-        self.mask = 0
-        self.divider = 1
-        self.eis_mode = 0
-        """EisMode the client asked for (0: the scenario's)."""
-        self.transport = TransportFaults()
-        self.cells: set[int] | None = None
-        self.last_rx = time.monotonic()
-        self.control_tokens = cfg.control_rate_per_s
-        self.control_refill = time.monotonic()
+        self.last_rx = self.opened = time.monotonic()
+        self.init_subscription(0, self.last_rx)
 
     @property
     def secret(self) -> bytes | None:
@@ -149,15 +155,15 @@ class Session(ServerSession, SendQueue):
                 return
 
     async def _stuck(self, stuck_s: float) -> None:
-        """Disconnect a client whose socket accepted nothing for ``stuck_s``: what is still queued is dropped,
-        BYE SLOW_CONSUMER goes right behind the bytes already buffered, and the peer gets another ``stuck_s``
-        to read up to it before the connection is cut (SPEC.md section 8)."""
+        """Disconnect a client whose socket accepted nothing for ``stuck_s``: the telemetry still queued is
+        dropped, BYE SLOW_CONSUMER goes right behind the bytes already buffered and the replies still queued,
+        and the peer gets another ``stuck_s`` to read up to it before the connection is cut (SPEC.md 8)."""
         self.log.warning("client stuck, disconnecting", stuck_s=stuck_s)
         self.closing = True
-        self.discard()
         message = f"socket accepted nothing for {stuck_s:g} s"
-        self.writer.write(self.encoder.encode(p.Bye(p.ErrorCode.SLOW_CONSUMER, message)))
-        self.frames_sent += 1
+        frames, data = self.last_words(p.Bye(p.ErrorCode.SLOW_CONSUMER, message))  # replies before the BYE
+        self.writer.write(data)
+        self.frames_sent += frames
         try:
             await asyncio.wait_for(self.writer.drain(), stuck_s)
         except (TimeoutError, ConnectionError, OSError):
@@ -208,44 +214,31 @@ class Session(ServerSession, SendQueue):
         return self.server.source.n_cells
 
     def subscribe(self, seq: int, msg: p.Subscribe, cells: tuple[int, ...], now: float) -> None:
-        self.mask = int(msg.msg_mask)
-        self.divider = max(1, msg.state_divider)
-        self.eis_mode = int(msg.eis_mode)
-        self.cells = set(cells) if cells else None
-        self.reply(p.Ack(seq, 0, len(cells) if cells else self.cell_count()))
-        self.server.streaming_changed.set()
-        self.server.update_eis_modes()
+        self.subscribe_request(seq, msg, cells, now)
 
     def control(self, seq: int, msg: p.Control, now: float) -> None:
-        rate = self.server.config.control_rate_per_s
-        self.control_tokens = min(rate, self.control_tokens + (now - self.control_refill) * rate)
-        self.control_refill = now
-        if self.control_tokens < 1:
-            self.reply(p.Nak(seq, msg.command, p.ErrorCode.RATE_LIMITED, f"more than {rate:g} commands/s"))
-            return
-        self.control_tokens -= 1
-        try:
-            result = self.server.apply_control(msg)
-        except ControlRefusedError as exc:
-            self.reply(p.Nak(seq, msg.command, exc.code, str(exc)[:DETAIL_MAX]))
-            self.log.info("control refused", command=msg.command, reason=str(exc))
-            return
-        self.log.info("control", command=enum_name(p.ControlCommand, msg.command), result=result)
-        self.reply(p.Ack(seq, msg.command, result))
+        self.control_request(seq, msg, now)
 
-    def wants(self, item: Item, default_mode: int) -> bool:
-        if not self.mask & item.bit:
-            return False
-        if item.bit == BIT_STATES:  # the most frequent: no cell or mode of its own (cells filtered later)
-            return True
-        if item.cell is not None and self.cells is not None and item.cell not in self.cells:
-            return False
-        mode = self.eis_mode or default_mode
-        if item.bit == BIT_POINT:
-            return mode != INSTANT
-        if item.eis_mode and mode:  # a replayed capture has no default: every spectrum goes out
-            return item.eis_mode == mode
-        return True
+    # -- the server's timer --------------------------------------------------------------------------------
+    def heartbeat_due(self, now: float, lateness_us: tuple[int, int, int]) -> None:
+        """Once per ``heartbeat_s``: a silent peer gets BYE HEARTBEAT_TIMEOUT, any other a HEARTBEAT."""
+        if (why := self.expired(now)) is not None:
+            self.log.warning("peer timeout", reason=why, silent_s=round(now - self.last_rx, 1))
+            self.bye(p.ErrorCode.HEARTBEAT_TIMEOUT, why)
+            return
+        server = self.server
+        hb = heartbeat(
+            server.source.time_us,
+            time.time_ns() // 1000,
+            self.frames_sent,
+            self.frames_dropped,
+            self.rx_bad,
+            lateness_us,
+            len(self.queue),
+            int(server.sim_state),
+        )
+        self.push_telemetry(p.MsgType.HEARTBEAT, p.encode_payload(hb), 0)  # never through stream faults
+        self.wake.set()
 
 
 class HilServer(StreamScheduler, StreamControl):
@@ -271,7 +264,7 @@ class HilServer(StreamScheduler, StreamControl):
         self.source: Source = source
         self.config = config
         self.now = now
-        self.sessions: dict[int, Session] = {}
+        self.sessions: dict[int, Peer] = {}
         self.next_sid = 1
         self.sim_state = p.SimState.RUNNING
         self.speed = config.speed
@@ -283,6 +276,7 @@ class HilServer(StreamScheduler, StreamControl):
         self.lateness_us: list[float] = []
         self._behind_logged = -math.inf
         self._gc_started = 0.0
+        self.fault_owners: dict[int, object] = {}
         self.tick_cost_s = 0.0
         """Wall time of one source tick, a moving average (what a SEEK's steps are estimated to cost)."""
         self.rx_bad = 0
@@ -313,24 +307,43 @@ class HilServer(StreamScheduler, StreamControl):
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def start(self) -> None:
-        if self.config.host not in ("127.0.0.1", "localhost", "::1"):
-            log.warning(
-                "listening beyond loopback", host=self.config.host, auth=self.config.secret is not None
-            )
-        self._server = await asyncio.start_server(self.accept, self.config.host, self.config.port)
+    async def start(self, *, listen: bool = True) -> None:
+        """Start the pacing loop and the heartbeats, and accept TCP clients on ``config.host:port``; with
+        ``listen`` False no socket is opened: the sessions come from another transport (``attach``)."""
+        if listen:
+            if self.config.host not in ("127.0.0.1", "localhost", "::1"):
+                log.warning(
+                    "listening beyond loopback", host=self.config.host, auth=self.config.secret is not None
+                )
+            self._server = await asyncio.start_server(self.accept, self.config.host, self.config.port)
         gc.callbacks.append(self._gc_watch)
         self._tasks = [asyncio.create_task(self._sim_loop()), asyncio.create_task(self._heartbeat_loop())]
         log.info(
             "serving",
-            host=self.config.host,
-            port=self.port,
+            host=self.config.host if listen else None,
+            port=self.port if listen else None,
             stream=self._hello_template.scenario_id,
             speed=self.speed,
             cells=self.source.n_cells,
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
             recording=None if self.recorder is None else str(self.recorder.path),
         )
+
+    def attach(self, session: Peer) -> int:
+        """Serve a session that another transport carries (a serial port, ``serial.served``): the stream
+        goes to it like to a TCP client's from now on. Returns its id, for ``detach``."""
+        sid = self.next_sid
+        self.next_sid += 1
+        self.sessions[sid] = session
+        self.streaming_changed.set()
+        self.update_eis_modes()
+        return sid
+
+    def detach(self, sid: int) -> None:
+        """The attached session ``sid`` has ended: nothing more goes to it."""
+        self.sessions.pop(sid, None)
+        self.streaming_changed.set()
+        self.update_eis_modes()
 
     def _gc_watch(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -353,7 +366,7 @@ class HilServer(StreamScheduler, StreamControl):
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         for s in list(self.sessions.values()):
-            s.writer.transport.abort()
+            s.abort()
         if self._server is not None:
             await self._server.wait_closed()
         self._close_recorder()
@@ -445,24 +458,8 @@ class HilServer(StreamScheduler, StreamControl):
             self.lateness_us.clear()
             now = time.monotonic()
             for s in list(self.sessions.values()):
-                if s.closing:
-                    continue
-                if (why := s.expired(now)) is not None:
-                    s.log.warning("peer timeout", reason=why, silent_s=round(now - s.last_rx, 1))
-                    s.bye(p.ErrorCode.HEARTBEAT_TIMEOUT, why)
-                    continue
-                hb = heartbeat(
-                    self.source.time_us,
-                    time.time_ns() // 1000,
-                    s.frames_sent,
-                    s.frames_dropped,
-                    s.rx_bad,
-                    lateness,
-                    len(s.queue),
-                    int(self.sim_state),
-                )
-                s.push_telemetry(p.MsgType.HEARTBEAT, p.encode_payload(hb), 0)  # never through stream faults
-                s.wake.set()
+                if not s.closing:
+                    s.heartbeat_due(now, lateness)
 
 
 __all__: Sequence[str] = [

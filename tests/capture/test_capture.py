@@ -208,7 +208,7 @@ def test_torn_tail_at_every_byte_of_the_last_record(tmp_path: Path) -> None:
             assert f"offset {last}" in str(capture.stop_reason)
 
 
-def test_corrupt_record_in_the_middle_stops_there(tmp_path: Path) -> None:
+def test_corrupt_record_in_the_middle_is_skipped_and_reported(tmp_path: Path) -> None:
     path = tmp_path / "c.eiscap"
     written = write_capture(path, sample_frames())
     offsets = record_offsets(path)
@@ -216,18 +216,69 @@ def test_corrupt_record_in_the_middle_stops_there(tmp_path: Path) -> None:
     data[offsets[2] + 30] ^= 0x01  # a bit flip inside the spectrum frame
     path.write_bytes(bytes(data))
     capture, records = read_all(path)
-    assert records == written[:2]
-    assert capture.truncated_bytes == len(data) - offsets[2]
-    assert f"offset {offsets[2]}" in str(capture.stop_reason)
-    assert "CRC mismatch" in str(capture.stop_reason)
+    assert records == written[:2] + written[3:]  # the reader resynchronises on the next record
+    assert capture.damage == [
+        cap.DamagedSpan(offsets[2], offsets[3] - offsets[2], 1, capture.damage[0].reason, tail=False)
+    ]
+    assert "CRC mismatch" in capture.damage[0].reason
+    assert capture.truncated_bytes == 0
+    assert capture.stop_reason is None
+    assert f"offset {offsets[2]}" in capture.damage_summary()
 
     data = bytearray(path.read_bytes())
     data[offsets[1] : offsets[1] + 4] = struct.pack("<I", 0x7FFF_FFFF)  # an impossible length
     path.write_bytes(bytes(data))
     capture, records = read_all(path)
-    assert records == written[:1]
-    assert "exceeds" in str(capture.stop_reason)
-    assert capture.truncated_bytes == len(data) - offsets[1]
+    assert records == [written[0], *written[3:]]
+    assert [(d.offset, d.nbytes, d.records_lost) for d in capture.damage] == [
+        (offsets[1], offsets[3] - offsets[1], 2)
+    ]
+    assert "exceeds" in capture.damage[0].reason
+
+
+def test_every_bit_flip_loses_exactly_the_record_it_hits(tmp_path: Path) -> None:
+    """Flip each bit of every record of a small capture in turn: the reader delivers every other record,
+    reports one damaged span at the hit record's offset, one record lost. A flip in the header or the
+    metadata is refused with its offset (written once and fsynced: damage there is corruption)."""
+    path = tmp_path / "bits.eiscap"
+    written = write_capture(path, sample_frames())
+    offsets = record_offsets(path)
+    clean = path.read_bytes()
+    bounds = [*offsets, len(clean)]
+    damaged = tmp_path / "damaged.eiscap"
+    for byte in range(len(clean)):
+        for bit in range(8):
+            data = bytearray(clean)
+            data[byte] ^= 1 << bit
+            damaged.write_bytes(bytes(data))
+            if byte < offsets[0]:
+                with pytest.raises(CaptureError, match=r"damaged\.eiscap: "):
+                    read_all(damaged)
+                continue
+            hit = next(k for k in range(len(offsets)) if bounds[k] <= byte < bounds[k + 1])
+            capture, records = read_all(damaged)
+            where = f"bit {bit} of byte {byte} (record {hit})"
+            assert records == written[:hit] + written[hit + 1 :], where
+            assert len(capture.damage) == 1, where
+            span = capture.damage[0]
+            assert span.offset == offsets[hit], where
+            assert span.records_lost == 1, where
+            if hit < len(offsets) - 1:
+                assert span.nbytes == bounds[hit + 1] - offsets[hit], where
+                assert not span.tail, where
+
+
+def test_garbage_between_records_is_skipped(tmp_path: Path) -> None:
+    """Bytes inserted between records (a bad copy): every record is kept, the garbage is one span."""
+    path = tmp_path / "g.eiscap"
+    written = write_capture(path, sample_frames())
+    offsets = record_offsets(path)
+    data = path.read_bytes()
+    noise = np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes() + p.SYNC * 40
+    path.write_bytes(data[: offsets[3]] + noise + data[offsets[3] :])
+    capture, records = read_all(path)
+    assert records == written
+    assert [(d.offset, d.nbytes) for d in capture.damage] == [(offsets[3], len(noise))]
 
 
 def test_unknown_record_kind_is_skipped(tmp_path: Path) -> None:

@@ -57,3 +57,26 @@ def test_worked_example_is_the_vector() -> None:
         (Path(__file__).resolve().parents[1] / "vectors" / "vectors.json").read_text(encoding="utf-8")
     )
     assert example == next(v["hex"] for v in vectors["vectors"] if v["name"] == "control_seek")
+
+
+def test_state_table_is_generated_from_the_code() -> None:
+    """SPEC.md 6.3 is what tools/gen_spec.py writes from protocol.SIM_TRANSITIONS (make pytest checks it
+    too): the table a second team implements is the one the server follows."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "gen_spec.py"
+    spec = importlib.util.spec_from_file_location("gen_spec", path)
+    assert spec is not None
+    assert spec.loader is not None
+    gen_spec = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen_spec)
+    assert gen_spec.render(TEXT) == TEXT, "protocol/SPEC.md is stale: run python tools/gen_spec.py"
+    table = TEXT[
+        TEXT.index("<!-- generated: sim-table -->") : TEXT.index("<!-- end generated: sim-table -->")
+    ]
+    for state, row in p.SIM_TRANSITIONS.items():
+        assert state.name in table
+        for cmd, target in row.items():
+            line = next(x for x in table.splitlines() if x.startswith(f"| {cmd.value} {cmd.name} |"))
+            cells = [c.strip() for c in line.strip("|").split("|")][1:]
+            assert cells[list(p.SIM_TRANSITIONS).index(state)] == f"ACK → {target.name}"

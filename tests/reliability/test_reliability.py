@@ -39,6 +39,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -194,11 +195,11 @@ MALFORMED = [
         p.ErrorCode.UNSUPPORTED_VERSION,
         "protocol version 2 (accepted: [1])",
     ),
-    (
+    (  # a HEARTBEAT: a malformed request (SUBSCRIBE, CONTROL) gets a NAK instead (SPEC.md 6.1)
         "short_payload",
-        lambda s: p.frame_payload(p.MsgType.SUBSCRIBE, b"\x01\x00\x00", s),
+        lambda s: p.frame_payload(p.MsgType.HEARTBEAT, b"\x01\x00\x00", s),
         p.ErrorCode.MALFORMED_PAYLOAD,
-        "Subscribe: payload of 3 bytes is too short",
+        "Heartbeat: payload of 3 bytes is too short",
     ),
     (
         "invalid_utf8",
@@ -425,21 +426,25 @@ async def test_an_unknown_command_is_unknown_whatever_its_other_fields() -> None
 
 
 @pytest.mark.asyncio
-async def test_an_absurd_load_current_is_clamped_by_the_cell_limits() -> None:
-    """SET_LOAD_CURRENT with the largest i64 (9.2e12 A): the cell model clamps to its current limit and flags
-    it; the frames stay encodable (the wire field is i32) and the stream goes on."""
+async def test_an_absurd_load_current_is_refused_with_the_cells_limit() -> None:
+    """SET_LOAD_CURRENT with the largest i64 (9.2e12 A) is refused with the cells' limit (SPEC.md 4, CONTROL);
+    the limit itself is carried out, and the stream goes on."""
     async with serving() as (server, good):
         await good.subscribe(mask=p.SubscribeMask.CELL_STATES)
         controller = await HilClient.connect("127.0.0.1", server.port, name="controller")
-        assert isinstance(await controller.control(p.Control.set_load_current(2**63 - 1)), p.Ack)
+        nak = await controller.control(p.Control.set_load_current(2**63 - 1))
+        assert isinstance(nak, p.Nak)
+        assert nak.code == p.ErrorCode.OUT_OF_RANGE
+        limit_uA = round(server.engine.profile.current_max_a * 1e6)
+        assert f"..{limit_uA} uA" in nak.message
+        assert isinstance(await controller.control(p.Control.set_load_current(limit_uA)), p.Ack)
         await controller.close()
         for _ in range(3000):
             states = await good.next_message(p.CellStates, timeout=10)
-            if states.records["flags"][0] & p.CellFlags.CURRENT_LIMIT:
+            if abs(int(states.records["current_uA"][0]) - limit_uA) <= 1:
                 break
         else:
-            raise AssertionError("the current limit flag never showed")
-        assert 0 < states.records["current_uA"][0] < 2**31 - 1
+            raise AssertionError("the load current never reached the limit")
         await whole_stream(good, 30)
 
 
@@ -788,6 +793,77 @@ def test_hostile_scenarios_through_validate_and_serve(
     assert not Path("pwned").exists()
 
 
+_NEGATIVE_RE = (
+    "spectrum_id,soc,temp_c,soh,freq_hz,z_re_ohm,z_im_ohm\n"
+    "a,0.5,25,1,1000,0.1,-0.01\na,0.5,25,1,100,-0.2,-0.02\na,0.5,25,1,10,0.3,-0.03\n"
+)
+SCENARIO_PHYSICS: list[tuple[str, str, str | None]] = [
+    # (id, timeline or extra keys appended to a one-cell zhang2020 scenario, the error; None = valid)
+    (
+        "current_beyond_the_cell",
+        "  - constant_current: {current_a: 1000, duration_s: 60}\n",
+        ":5: constant_current.current_a: 1000 A is beyond the zhang2020 cell's limit (45 mAh, at most "
+        "0.135 A)",
+    ),
+    (
+        "cv_voltage_beyond_the_cell",
+        "  - cc_cv_charge: {current_a: 0.04, voltage_v: 5.5, cutoff_current_a: 0.01}\n",
+        ":5: cc_cv_charge.voltage_v: 5.5 V is outside the zhang2020 cell's range (3, 4.2] V",
+    ),
+    (
+        "power_beyond_the_cell",
+        "  - repeat: {count: 2, segments: [constant_power: {power_w: -50, duration_s: 5}]}\n",
+        ":5: constant_power.power_w: -50 W is beyond the zhang2020 cell's limit",
+    ),
+    ("measured_negative_re", "eis: {measured: {file: lab.csv}}\n", "Re(Z) < 0 at 100 Hz (-0.2 ohm)"),
+    # YAML 1.2 numbers, as scenarios/README.md writes them, and frequencies with their defaults
+    (
+        "yaml12_floats",
+        "  - drive_cycle: {cycle: WLTC, scale: 8e-6, loops: 1}\neis: {frequencies: {min_hz: 1e-2}}\n",
+        None,
+    ),
+    ("frequencies_one_key", "eis: {frequencies: {points_per_decade: 4}}\n", None),
+]
+
+
+@pytest.mark.parametrize(("case", "extra", "message"), SCENARIO_PHYSICS, ids=[c[0] for c in SCENARIO_PHYSICS])
+def test_scenario_values_beyond_the_cell_are_refused_with_their_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, extra: str, message: str | None
+) -> None:
+    """Issue 16: 1000 A on a 45 mAh cell validated and ran (clamped to 3C); Re(Z) < 0 was streamed; 8e-6 was
+    'expected a number'. validate exits 1 and serve 2, each naming the file and line."""
+    from hil_server.cli import main
+
+    (tmp_path / "lab.csv").write_text(_NEGATIVE_RE)
+    path = tmp_path / f"{case}.yaml"
+    body = "  - rest: {duration_s: 1}\n" + (extra if extra.startswith("  -") else "")
+    path.write_text(
+        _scenario_text().replace("  - rest: {duration_s: 60}\n", body)
+        + ("" if extra.startswith("  -") else extra)
+    )
+    code = main(["validate", str(path)])
+    out = capsys.readouterr().out
+    if message is None:
+        assert code == 0, out
+        return
+    assert code == 1, out
+    assert f"{path}" in out
+    assert message in out, out
+    assert main(["serve", str(path), "--port", "0"]) == 2
+    assert message in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_bundled_scenario_streams_spectra_the_validity_check_can_judge(path: Path) -> None:
+    """Issue 16: fault_showcase, the scenario meant to show a KK-breaking fault, had a 26-point grid and so
+    no KK figure (it needs FRAME_M + 3 = 33 points)."""
+    from hil_server.model.linkk import FRAME_M
+    from hil_server.scenario import load_scenario
+
+    scenario = load_scenario(path)
+    assert len(scenario.eis.frequencies_hz) >= FRAME_M + 3, f"{path.name}: KK would be n/a"
+
+
 def test_truncated_capture_replays_up_to_its_last_whole_record(tmp_path: Path) -> None:
     """A capture cut mid-record (a crash while recording): every complete record is read back, the torn
     tail is reported with the file, its offset and why, and reading never raises."""
@@ -823,6 +899,321 @@ def test_truncated_capture_replays_up_to_its_last_whole_record(tmp_path: Path) -
         for r in records:
             decoder.feed(r.frame)
         assert all(isinstance(item, p.Frame) for item in decoder.events())
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real recorded session (serve --record) of 40 steps."""
+    path = tmp_path_factory.mktemp("recorded") / "session.eiscap"
+
+    async def record() -> None:
+        server = await start_server(US06, record=path)
+        client = await HilClient.connect("127.0.0.1", server.port)
+        await client.subscribe()
+        for _ in range(40):
+            await client.next_message(p.CellStates, timeout=5)
+        await client.close()
+        await server.stop()
+
+    asyncio.run(record())
+    return path
+
+
+def _flip_middle_record(clean: Path, out: Path) -> tuple[int, int]:
+    """``clean`` with one bit flipped in the data of its middle record, written to ``out``: (the record's
+    offset, the records of the capture)."""
+    from hil_server.capture.format import open_capture, scan_records
+
+    capture = open_capture(clean)
+    records = list(scan_records(capture))
+    hit = records[len(records) // 2]
+    data = bytearray(clean.read_bytes())
+    data[hit.offset + 30] ^= 0x10
+    out.write_bytes(bytes(data))
+    return hit.offset, len(records)
+
+
+def _errors(err: str) -> list[str]:
+    """The text of every error line in ``err`` (logs of a command run in-process)."""
+    return [line for line in err.splitlines() if "error" in line.lower()]
+
+
+def test_a_flipped_bit_costs_one_record_and_every_command_says_so(
+    tmp_path: Path, recorded: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 16: a flipped bit in a capture lost the rest of the session. Now export, replay and capture
+    check read every other record, name the damaged span, exit 1 unless --salvage; --repair writes a clean
+    copy."""
+    from hil_server.capture.format import iter_records, open_capture
+    from hil_server.cli import main
+
+    damaged = tmp_path / "damaged.eiscap"
+    offset, total = _flip_middle_record(recorded, damaged)
+    capsys.readouterr()
+
+    assert main(["capture", "check", str(damaged)]) == 1
+    out = capsys.readouterr().out
+    assert f"{total - 1} intact records; 1 damaged span(s), 1 record(s) lost" in out, out
+    assert f"damaged span at offset {offset}: " in out, out
+    assert "CRC mismatch" in out, out
+
+    repaired = tmp_path / "repaired.eiscap"
+    assert main(["capture", "check", str(damaged), "--repair", str(repaired)]) == 1
+    assert f"repaired copy {repaired}: {total - 1} records" in capsys.readouterr().out
+    assert main(["capture", "check", str(repaired)]) == 0
+    assert "intact" in capsys.readouterr().out
+    assert [r.frame for r in iter_records(open_capture(repaired))] == [
+        r.frame for r in iter_records(open_capture(damaged))
+    ]
+    assert main(["capture", "check", str(recorded)]) == 0
+
+    assert main(["export", str(damaged), "--out", str(tmp_path / "x"), "--csv-only"]) == 1
+    captured = capsys.readouterr()
+    assert f"exported {total - 1} records" in captured.out
+    (line,) = [e for e in _errors(captured.err) if "capture damaged" in e]
+    assert f"1 record(s) lost in 1 span(s), the first at offset {offset}" in line
+    assert "--salvage" in line
+    assert main(["export", str(damaged), "--out", str(tmp_path / "y"), "--csv-only", "--salvage"]) == 0
+    assert "WARNING: capture damaged, 1 record(s) lost" in capsys.readouterr().out
+    assert main(["export", str(damaged), "--pcap", str(tmp_path / "d.pcapng")]) == 1
+    assert main(["replay", str(damaged), "--port", "0"]) == 1  # refused before serving anything
+    assert "capture damaged" in capsys.readouterr().err
+
+
+# -- bad input on the command line (issue 16) ----------------------------------------------------------
+
+
+def _inputs(tmp: Path, recorded: Path) -> dict[str, str]:
+    """Files the catalogue's command lines name, made in ``tmp``: {placeholder: path}."""
+    (tmp / "empty.key").write_bytes(b"\n")
+    (tmp / "binary.csv").write_bytes(b"profile,soc,temp_c,soh\n\x00\x01\x02\xff\n")
+    (tmp / "latin1.txt").write_bytes(b"1000\n100\n# 10 \xb0C\n")
+    header = "spectrum_id,soc,temp_c,soh,freq_hz,z_re_ohm,z_im_ohm\n"
+    (tmp / "latin1.csv").write_bytes((header + "a,0.5,25,1,1000,0.1,0.0\n").encode() + b"b,0.5,25\xb0,1\n")
+    (tmp / "semicolon.csv").write_text(header.replace(",", ";") + "a;0,5;25;1;1000;0,1;0\n")
+    (tmp / "a_file").write_text("x")
+    (tmp / "zero_kelvin.csv").write_text(
+        "profile,soc,temp_c,soh\nzhang2020,0.5,25,1\nzhang2020,0.5,-273.15,1\n"
+    )
+    (tmp / "exists.eiscap").write_bytes(b"x")
+    return {
+        "{US06}": str(US06),
+        "{TMP}": str(tmp),
+        "{CAP}": str(recorded),
+        **{f"{{{p.name}}}": str(p) for p in tmp.iterdir()},
+    }
+
+
+BAD_COMMAND_LINES: list[tuple[str, str, int, str]] = [
+    # (id, command line, exit status, what the one line must say)
+    ("port_too_big", "serve {US06} --port 70000", 2, "--port 70000: expected an integer in [0, 65535]"),
+    ("port_negative", "serve {US06} --port -1", 2, "--port -1: expected an integer in [0, 65535]"),
+    ("speed_negative", "serve {US06} --speed -1", 2, "--speed -1: expected a number in [0, "),
+    ("speed_nan", "serve {US06} --speed nan", 2, "--speed nan: not a finite number"),
+    ("speed_inf", "serve {US06} --speed inf", 2, "--speed inf: not a finite number"),
+    ("replay_speed_negative", "replay {CAP} --speed -1", 2, "(as CONTROL SET_SPEED)"),
+    ("max_clients_0", "serve {US06} --max-clients 0", 2, "--max-clients 0: expected an integer >= 1"),
+    ("empty_secret_file", "serve {US06} --port 0 --secret-file {empty.key}", 2, "the file is empty"),
+    ("demo_seconds_negative", "demo --seconds -5", 2, "--seconds -5: expected a number > 0"),
+    ("record_seconds_negative", "record 127.0.0.1 1 --out {TMP}/r.eiscap --seconds -1", 2, "--seconds -1"),
+    ("export_cells_beyond", "export {CAP} --out {TMP}/x --cells 0 9", 2, "--cells 9: the capture has 1 cell"),
+    ("export_plot_cells_negative", "export {CAP} --out {TMP}/x --plot-cells -1", 2, "--plot-cells -1"),
+    ("spectrum_soh_0", "spectrum --profile zhang2020 --soc 0.5 --temp-c 25 --soh 0", 2, "--soh 0: expected"),
+    (
+        "spectrum_absolute_zero",
+        "spectrum --profile zhang2020 --soc 0.5 --temp-c -273.15 --soh 1",
+        2,
+        "--temp-c -273.15: expected a number in [-40, 85] (as the scenario key cells.temp_c)",
+    ),
+    (
+        "points_absolute_zero",
+        "spectrum --points {zero_kelvin.csv}",
+        2,
+        "zero_kelvin.csv: operating point 2: temp_c -273.15: expected a number in [-40, 85]",
+    ),
+    ("train_epochs_0", "train --out {TMP}/m --epochs 0", 2, "--epochs 0: expected an integer >= 1"),
+    ("train_epochs_negative", "train --out {TMP}/m --epochs -3", 2, "--epochs -3"),
+    ("client_port", "client 127.0.0.1 70000", 2, "PORT 70000: expected an integer in [1, 65535]"),
+    # outputs, checked before any work
+    ("spectrum_out_missing_dir", "spectrum --out {TMP}/no/x.csv", 2, "/no does not exist"),
+    ("spectrum_out_is_dir", "spectrum --out {TMP}", 2, "is a directory, expected a file name"),
+    ("train_out_is_file", "train --out {a_file} --epochs 1", 2, "is a file, expected a directory"),
+    ("tflite_out_missing_dir", "export-tflite --out {TMP}/no/m.tflite", 2, "/no does not exist"),
+    ("serve_record_exists", "serve {US06} --record {exists.eiscap}", 2, "exists; refusing to overwrite"),
+    ("repair_exists", "capture check {CAP} --repair {exists.eiscap}", 2, "exists; refusing to overwrite"),
+    # input files: one shared text reader names the file and line
+    ("points_binary", "spectrum --points {binary.csv}", 2, "binary.csv:2: binary data, not text"),
+    (
+        "freqs_not_utf8",
+        "spectrum --profile zhang2020 --soc .5 --temp-c 25 --soh 1 --freqs {latin1.txt}",
+        2,
+        "latin1.txt:3: not UTF-8 text (byte 0xb0",
+    ),
+    ("csv_not_utf8", "convert {latin1.csv} {TMP}/o.csv", 2, "latin1.csv:3: not UTF-8 text (byte 0xb0"),
+    (
+        "csv_semicolons",
+        "convert {semicolon.csv} {TMP}/o.csv",
+        2,
+        "semicolon.csv:1: the header is separated by",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "line", "code", "message"), BAD_COMMAND_LINES, ids=[c[0] for c in BAD_COMMAND_LINES]
+)
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path,
+    recorded: Path,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    line: str,
+    code: int,
+    message: str,
+) -> None:
+    """Issue 16's catalogue: each bad command line exits with its status before any work, with one line
+    naming the option or the file (and line), never a traceback."""
+    from hil_server.cli import main
+
+    files = _inputs(tmp_path, recorded)
+    argv = []
+    for word in line.split():
+        for key, value in files.items():
+            word = word.replace(key, value)  # noqa: PLW2901 (each placeholder in turn)
+        argv.append(word)
+    capsys.readouterr()
+    started = time.monotonic()
+    assert main(argv) == code, case
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    lines = [text for text in (out + err).splitlines() if message in text]
+    assert len(lines) == 1, f"{case}: {message!r} not on one line of:\n{out}{err}"
+    assert time.monotonic() - started < 10.0  # refused before any work
+
+
+def test_spectrum_rows_round_trip_and_carry_their_operating_point(tmp_path: Path) -> None:
+    """Issue 16: 316.228 was written for 316.2277660168, so rows could not be joined to the user's grid."""
+    import csv
+
+    from hil_server.cli import main
+
+    grid = [10 ** (k / 4) for k in range(8, -9, -1)]
+    (tmp_path / "freqs.txt").write_text("".join(f"{f!r}\n" for f in grid))
+    (tmp_path / "points.csv").write_text(
+        "profile,soc,temp_c,soh\nzhang2020,0.5,25,0.9\nrashid2023,0.3,15,1\n"
+    )
+    out = tmp_path / "spectra.csv"
+    argv = ["spectrum", "--points", str(tmp_path / "points.csv"), "--freqs", str(tmp_path / "freqs.txt")]
+    assert main([*argv, "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [float(r["freq_hz"]) for r in rows] == grid * 2
+    assert {(r["row"], r["profile"], float(r["soc"]), float(r["temp_c"]), float(r["soh"])) for r in rows} == {
+        ("0", "zhang2020", 0.5, 25.0, 0.9),
+        ("1", "rashid2023", 0.3, 15.0, 1.0),
+    }
+
+
+def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hil_server.cli import decode, main
+
+    def boom(_args: object) -> int:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(decode, "run", boom)
+    assert main(["decode", "-"]) == 1
+    err = capsys.readouterr().err
+    assert err == "eis-hil decode: internal error: RuntimeError: boom (--debug shows the traceback)\n"
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["--debug", "decode", "-"])
+    monkeypatch.setenv("EIS_HIL_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["decode", "-"])
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "text"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_a_signal_exits_128_plus_its_number_with_one_line(
+    tmp_path: Path, sig: signal.Signals, code: int, text: str
+) -> None:
+    """``capture check`` of a FIFO blocks in its read: when the FIFO's reader is open the command is running
+    (no sleep needed), and the signal then interrupts it."""
+    fifo = tmp_path / "capture.fifo"
+    os.mkfifo(fifo)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [*_eis_hil(), "capture", "check", str(fifo)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    opened: list[int] = []
+    # opening the writing end returns once the command has opened the FIFO to read it (in a thread, so
+    # that a command that died before cannot hang the test)
+    opener = threading.Thread(target=lambda: opened.append(os.open(fifo, os.O_WRONLY)), daemon=True)
+    opener.start()
+    try:
+        opener.join(timeout=60)
+        if not opened:
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # releases the thread
+            pytest.fail("the command never opened the FIFO: " + proc.communicate(timeout=10)[1])
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        for fd in opened:
+            os.close(fd)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == code, err
+    assert err.strip() == f"eis-hil capture: {text} ({'Ctrl-C' if sig == signal.SIGINT else 'SIGTERM'})"
+    assert out == ""
+
+
+def test_a_closed_pipe_exits_141_quietly(tmp_path: Path) -> None:
+    """``eis-hil spectrum --points many.csv | head -1``: no BrokenPipeError traceback."""
+    points = tmp_path / "points.csv"
+    points.write_text("profile,soc,temp_c,soh\n" + "zhang2020,0.5,25,0.9\n" * 2000)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [*_eis_hil(), "spectrum", "--points", str(points)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith(b"row,freq_hz")
+    proc.stdout.close()  # what head does after its lines
+    err = proc.stderr.read() if proc.stderr else b""
+    assert proc.wait(timeout=60) == 141
+    assert b"Traceback" not in err
+    assert b"BrokenPipe" not in err
+
+
+def test_ctrl_c_during_training_keeps_the_epochs_trained(tmp_path: Path, small_spectra: Any) -> None:
+    """Issue 16: Ctrl-C in ``train`` lost the model. A real SIGINT (sent from the progress callback, so it
+    falls inside the second epoch) ends the training after that epoch; the model is written, loads, and its
+    metadata says it was interrupted."""
+    from hil_server.model.interrupt import StopOnSignal
+    from hil_server.model.store import read_metadata
+    from hil_server.model.train import TrainConfig, train
+
+    def progress(epoch: int, _metrics: dict[str, float]) -> None:
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopOnSignal() as stop:
+        config = TrainConfig(epochs=50, batch_size=128)
+        meta = train(small_spectra, tmp_path, config, progress, stop.requested)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert stop.signal is signal.SIGINT
+    assert meta["epochs_trained"] == 2
+    assert meta["interrupted"] is True
+    assert read_metadata(tmp_path).raw["interrupted"] is True
 
 
 # -- environment ---------------------------------------------------------------------------------------
@@ -876,6 +1267,60 @@ def test_sigterm_during_serve_says_bye_exits_0_and_keeps_the_recording(tmp_path:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_run_seeds_stops_every_worker_and_keeps_valid_files(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """Issue 16: ``run --seeds`` ignored SIGINT/SIGTERM sent to the parent until its workers finished, and
+    after SIGTERM two workers stayed at 99 % CPU. Now the parent tells every worker; each ends its run after
+    the current step, with valid files marked interrupted, and no process is left behind."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [
+            *_eis_hil(),
+            "run",
+            str(SCENARIOS / "aging_sweep.yaml"),
+            "--seeds",
+            "1",
+            "2",
+            "3",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stderr is not None
+        started = 0
+        while started < 2:  # both workers (2 cores) are simulating: each logged its start
+            line = proc.stderr.readline()
+            assert line, "the run ended before its workers started"
+            started += "run started" in line
+        workers = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        proc.send_signal(sig)
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + sig, stdout
+    assert f"interrupted ({sig.name})" in stdout
+    for pid in workers:  # every worker has exited (none orphaned, spinning on)
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    for seed in (1, 2, 3):
+        run = json.loads((out / f"seed={seed}" / "run.json").read_text())
+        assert run["interrupted"] is True
+        states = pq.read_table(out / f"seed={seed}" / "states.parquet")
+        assert states.num_rows == run["rows"]["states"]
+    assert len(json.loads((out / "sweep.json").read_text())) == 3
 
 
 # -- soak ----------------------------------------------------------------------------------------------

@@ -88,13 +88,39 @@ def test_hello_then_subscribe_walks_the_table_to_streaming() -> None:
 
 
 def test_a_request_before_hello_is_refused_and_the_state_stays() -> None:
+    """One reply rule (SPEC.md 6.1): a request gets its NAK in every state, echoing seq and command."""
     s = Recorder()
-    s.feed(frames(subscribe([])), now=0.0)
+    s.feed(frames(subscribe([]), p.Control(p.ControlCommand.PAUSE)), now=0.0)
     assert s.state is SessionState.HANDSHAKE
-    (err,) = s.sent
-    assert isinstance(err, p.Error)
-    assert err.code == p.ErrorCode.NOT_ALLOWED_IN_STATE
-    assert err.message == "send CLIENT_HELLO first"
+    nak_subscribe, nak_control = s.sent
+    assert isinstance(nak_subscribe, p.Nak)
+    assert isinstance(nak_control, p.Nak)
+    assert (nak_subscribe.ack_seq, nak_subscribe.command) == (0, 0)
+    assert (nak_control.ack_seq, nak_control.command) == (1, p.ControlCommand.PAUSE)
+    assert {nak_subscribe.code, nak_control.code} == {p.ErrorCode.NOT_ALLOWED_IN_STATE}
+    assert nak_control.message == "send CLIENT_HELLO first"
+    assert s.subscribed == []
+    assert s.controls == []
+
+
+def test_heartbeat_and_error_are_taken_in_every_state_and_never_answered() -> None:
+    s = Recorder(handshake_timeout_s=2.0)
+    beat, error = p.Heartbeat(), p.Error(p.ErrorCode.BAD_CRC, 3, "your frame 3 was damaged")
+    s.feed(frames(beat, error), now=0.5)
+    assert s.sent == []
+    s.feed(frames(hello(), beat, error, subscribe([]), beat, error), now=1.0)
+    assert [type(m) for m in s.sent] == [p.Ack]  # the hello's (the transport answers the SUBSCRIBE)
+    assert s.subscribed == [(3, ())]
+    assert s.rx_bad == 0
+
+
+def test_heartbeats_do_not_stretch_the_client_hello_deadline() -> None:
+    s = Recorder(handshake_timeout_s=2.0)
+    s.last_rx = s.opened = 100.0
+    s.feed(frames(p.Heartbeat()), now=101.5)
+    s.last_rx = 101.5  # what a transport does on every read
+    assert s.expired(101.9) is None
+    assert s.expired(102.1) == "no CLIENT_HELLO in time"
 
 
 def test_a_second_hello_is_refused_by_the_server_but_taken_by_the_bridge() -> None:
@@ -151,6 +177,12 @@ def test_subscribe_checks_cells_and_mode() -> None:
     assert s.state is SessionState.READY
 
 
+def test_a_cell_named_twice_is_subscribed_and_counted_once() -> None:
+    s = Recorder()
+    s.feed(frames(hello(), subscribe([1, 1, 2, 1])), now=0.0)
+    assert s.subscribed == [(1, (1, 2))]
+
+
 def test_garbage_is_counted_and_answered_at_most_once_a_second() -> None:
     s = Recorder()
     s.feed(b"\x00" * 40, now=10.0)
@@ -169,7 +201,29 @@ def test_a_bad_control_frame_is_naked_with_its_seq() -> None:
     nak = s.sent[-1]
     assert isinstance(nak, p.Nak)
     assert nak.ack_seq == 1
+    assert nak.command == p.UNPARSED_COMMAND  # not the 0 of a NAK to a SUBSCRIBE
+    assert nak.code == p.ErrorCode.BAD_CRC
     assert s.controls == []
+
+
+def test_a_bad_subscribe_frame_is_naked_with_command_0() -> None:
+    s = Recorder()
+    s.feed(frames(hello()) + p.frame_payload(p.MsgType.SUBSCRIBE, b"\x01\x00", seq=1), now=0.0)
+    nak = s.sent[-1]
+    assert isinstance(nak, p.Nak)
+    assert (nak.ack_seq, nak.command, nak.code) == (1, 0, p.ErrorCode.MALFORMED_PAYLOAD)
+
+
+def test_errors_for_bad_frames_are_limited_to_ten_a_second_and_all_counted() -> None:
+    s = Recorder()
+    unknown = b"".join(p.frame_payload(0x7E, b"", seq=i) for i in range(1, 31))
+    s.feed(frames(hello()) + unknown, now=5.0)
+    s.feed(p.frame_payload(0x7E, b"", seq=31), now=5.9)
+    s.feed(p.frame_payload(0x7E, b"", seq=32), now=6.0)
+    errors = [m for m in s.sent if isinstance(m, p.Error)]
+    assert [e.ref_seq for e in errors] == [*range(1, 11), 32]
+    assert {e.code for e in errors} == {p.ErrorCode.UNKNOWN_MESSAGE_TYPE}
+    assert s.rx_bad == 32
 
 
 def test_bye_ends_the_session() -> None:
@@ -249,5 +303,23 @@ def test_send_queue_discard_counts_the_telemetry_only() -> None:
     q.queue_reply(p.Ack(0, 0, 1))
     q.queue_telemetry([b"a", b"b"])
     q.discard()
+    assert q.frames_dropped == 2
+    assert [type(f) for f in q.queue] == [Kept]  # the reply stays
+
+
+def test_a_stuck_peer_gets_every_reply_before_its_bye() -> None:
+    """SPEC.md 8: replies are never dropped, not even when a slow consumer is disconnected."""
+    q = SendQueue(8, FakeFlag(), FakeFlag())
+    q.queue_reply(p.Ack(7, p.ControlCommand.PAUSE, 0))
+    q.push_telemetry(p.MsgType.HEARTBEAT, bytes(52), 0)
+    q.queue_reply(p.Nak(8, p.ControlCommand.RESUME, p.ErrorCode.NOT_ALLOWED_IN_STATE, "x"))
+    q.queue_telemetry([q.encoder.frame(p.MsgType.HEARTBEAT, bytes(52), 0)])
+    n, data = q.last_words(p.Bye(p.ErrorCode.SLOW_CONSUMER, "stuck"))
+    decoder = p.FrameDecoder()
+    decoder.feed(data)
+    got = [f for f in decoder.events() if isinstance(f, p.Frame)]
+    assert n == 3
+    assert [type(f.message) for f in got] == [p.Ack, p.Nak, p.Bye]
+    assert [f.seq for f in got] == [0, 2, 4]  # the BYE has the highest seq; gaps are the dropped telemetry
     assert q.frames_dropped == 2
     assert not q.queue

@@ -113,7 +113,11 @@ async def test_measured_spectra_reach_a_client(tmp_path: Path) -> None:
         ("../lab.csv", None, "leaves the scenario's directory"),
         ("missing.csv", None, "file not found"),
         ("lab.csv", "spectrum_id,soc,temp_c,soh,freq_hz,z_re_ohm,z_im_ohm\ns0,0.5,25,0.9,abc,1,0\n", "abc"),
-        ("latin1.csv", "spectrum_id,soc\n\xe9\xff\xfe\n", "not a UTF-8 CSV file"),
+        (
+            "latin1.csv",
+            "spectrum_id,soc\n\xe9\xff\xfe\n",
+            "latin1.csv:2: eis.measured.file: not UTF-8 text (byte 0xe9",
+        ),
     ],
 )
 def test_bad_measured_files_get_precise_errors(

@@ -579,7 +579,7 @@ def test_seek_back_restarts_from_a_checkpoint_and_matches_a_straight_run(
 
 def test_seek_back_replays_the_eis_modes_in_force_then(tmp_path: Path) -> None:
     """The EIS modes are state: seeking back must start from the modes of that time, not today's, or the
-    spectra (and their ids, which count instant spectra and sweeps) differ from a straight run."""
+    spectra differ from a straight run. Their ids do not repeat: they count the spectra given out."""
     body = (
         "step_rate_hz: 10\n"
         "eis: {interval_s: 1, frequencies: {min_hz: 10, max_hz: 1000, points_per_decade: 2}}\n"
@@ -600,8 +600,14 @@ def test_seek_back_replays_the_eis_modes_in_force_then(tmp_path: Path) -> None:
 
     ref = spectra(straight_to(6), 9)
     eng = straight_to(8)
+    given = int(eng._spectrum_counter.max())
     eng.seek(6)
-    assert spectra(eng, 9) == ref
+    again = spectra(eng, 9)
+    assert [(t, d) for t, d, _ in again] == [(t, d) for t, d, _ in ref]
+    # the same spectra, but ids are never given twice: they go on from the last one given before the seek
+    ids = [i for _, _, cell_ids in again for i in cell_ids[:1]]
+    assert ids == sorted(set(ids))
+    assert min(ids) == given + 1
 
 
 def test_checkpoints_are_at_most_checkpoint_max_steps_apart(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,7 @@ import protocol as p
 from hil_server.client.client import HilClient
 from hil_server.testing import loopback, start_server
 from hil_server.transport.loopback import Manipulator, connect
+from hil_server.transport.tcp import Session
 
 NO_CELLS = np.zeros(0, dtype=np.uint16)
 US06 = Path(__file__).resolve().parents[2] / "scenarios" / "us06_25c.yaml"
@@ -31,6 +32,7 @@ async def test_a_client_over_the_pipe_gets_the_same_session_as_over_tcp() -> Non
         states = await client.next_message(p.CellStates, timeout=10)
         assert states.records.size > 0
         (session,) = server.sessions.values()
+        assert isinstance(session, Session)
         assert session.writer.get_extra_info("peername")[0] == "loopback"
         assert client.gaps == 0
         assert not client.errors

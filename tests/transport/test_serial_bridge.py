@@ -26,10 +26,12 @@ import protocol as p
 from hil_server.client.client import HilClient
 from hil_server.testing import start_server
 from hil_server.transport.serial import ad5940
-from hil_server.transport.serial.bridge import EXIT_PORT_GONE, BridgeConfig, SerialBridge
+from hil_server.transport.serial.bridge import SerialBridge
 from hil_server.transport.serial.budget import OutputFormat, StreamSpec, plan_budget, states_bytes
+from hil_server.transport.serial.line import EXIT_PORT_GONE, EXIT_UPSTREAM, BridgeConfig, SerialLine
 from hil_server.transport.serial.line_pacer import LinePacer
 from hil_server.transport.serial.port import ftdi_latency_timer, open_serial
+from hil_server.transport.serial.served import SerialTransport
 from hil_server.transport.tcp import HilServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,7 +115,7 @@ class Device:
                 os.close(self.fd)
 
 
-async def port_open(bridge: SerialBridge, outages: int = 0) -> None:
+async def port_open(bridge: SerialLine, outages: int = 0) -> None:
     """Until the bridge holds the port open (a pty master reads EIO while no slave is open)."""
     async with asyncio.timeout(5):
         while bridge.port is None or bridge.outages != outages:
@@ -144,29 +146,44 @@ class FakeTime:
         await asyncio.sleep(0)
 
 
+MODES = ["served", "client"]
+"""How the port gets its stream: ``served``, the serial transport of the server itself (``serial-bridge
+--scenario``); ``client``, a bridge that is a TCP client of the server (``serial-bridge --server``)."""
+
+
 @contextlib.asynccontextmanager
 async def bridged(
     scenario: Path,
     config: BridgeConfig,
     *,
     speed: float,
+    mode: str,
     opener: Callable[[str, int], serial.SerialBase] = open_serial,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Any] = asyncio.sleep,
-) -> AsyncIterator[tuple[HilServer, SerialBridge, asyncio.Task[int]]]:
+) -> AsyncIterator[tuple[HilServer, SerialLine, asyncio.Task[int]]]:
+    """A server on ``scenario`` (listening on TCP too, for reference clients) with the port attached."""
     server = await start_server(scenario, speed=speed)
-    client = await HilClient.connect("127.0.0.1", server.port, name="bridge-under-test")
-    bridge = SerialBridge(client, config, opener=opener, clock=clock, sleep=sleep, server=server)
-    d = bridge.default
-    await client.subscribe(d.mask, d.cells, d.divider, d.eis_mode)
-    task = asyncio.create_task(bridge.run())
+    client: HilClient | None = None
+    line: SerialLine
     try:
-        yield server, bridge, task
+        if mode == "served":
+            line = SerialTransport(server, config, opener=opener, clock=clock, sleep=sleep)
+        else:
+            client = await HilClient.connect("127.0.0.1", server.port, name="bridge-under-test")
+            line = SerialBridge(client, config, opener=opener, clock=clock, sleep=sleep)
+            d = line.default
+            await client.subscribe(d.mask, d.cells, d.divider, d.eis_mode)
+        task = asyncio.create_task(line.run())
+        try:
+            yield server, line, task
+        finally:
+            line.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 5)
     finally:
-        bridge.stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 5)
-        await client.close()
+        if client is not None:
+            await client.close()
         await server.stop()
 
 
@@ -273,12 +290,13 @@ def test_pacer_drops_the_oldest_telemetry_but_never_a_reply() -> None:
 # -- protocol format over a pty ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.asyncio
-async def test_device_session_handshake_states_and_pause_over_a_pty() -> None:
+async def test_device_session_handshake_states_and_pause_over_a_pty(mode: str) -> None:
     master, name = pty_pair()
     config = BridgeConfig(port=name, baud=921600, low_latency=True)
     with structlog.testing.capture_logs() as logs:
-        async with bridged(US06, config, speed=20.0) as (_, bridge, _task):
+        async with bridged(US06, config, speed=20.0, mode=mode) as (_, bridge, _task):
             await port_open(bridge)
             dev = Device(master)
             await dev.handshake(p.Subscribe(p.SubscribeMask.ALL, 2, 0, np.array([0], np.uint16)))
@@ -318,13 +336,14 @@ async def test_device_session_handshake_states_and_pause_over_a_pty() -> None:
     assert any("low_latency" in e["event"] for e in logs)  # a pty refuses it: logged, not fatal
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.asyncio
-async def test_low_baud_decimates_counts_in_heartbeats_and_keeps_replies() -> None:
+async def test_low_baud_decimates_counts_in_heartbeats_and_keeps_replies(mode: str) -> None:
     master, name = pty_pair()
     # 96 cells at 10 steps/s and 2x: 47 kB/s of states against 11.5 kB/s of line
     config = BridgeConfig(port=name, baud=115200, eis_interval_s=600.0, speed=2.0)
     with structlog.testing.capture_logs() as logs:
-        async with bridged(PACK, config, speed=2.0) as (_, bridge, _task):
+        async with bridged(PACK, config, speed=2.0, mode=mode) as (_, bridge, _task):
             await port_open(bridge)
             dev = Device(master)
             await dev.handshake()
@@ -352,8 +371,9 @@ async def test_low_baud_decimates_counts_in_heartbeats_and_keeps_replies() -> No
             dev.close()
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.asyncio
-async def test_port_lost_and_back_keeps_the_session() -> None:
+async def test_port_lost_and_back_keeps_the_session(mode: str) -> None:
     master1, name1 = pty_pair()
     master2, name2 = pty_pair()
     fake = FakeTime()
@@ -372,7 +392,7 @@ async def test_port_lost_and_back_keeps_the_session() -> None:
     opener.calls = 0  # type: ignore[attr-defined]
     # the outage outlasts the device's peer timeout (5 s): the session must still survive it
     config = BridgeConfig(port="dev", baud=921600, reopen_timeout_s=30.0, peer_timeout_s=5.0)
-    async with bridged(US06, config, speed=20.0, opener=opener, clock=fake, sleep=fake.sleep) as (
+    async with bridged(US06, config, speed=20.0, mode=mode, opener=opener, clock=fake, sleep=fake.sleep) as (
         _,
         bridge,
         task,
@@ -401,8 +421,9 @@ async def test_port_lost_and_back_keeps_the_session() -> None:
         dev2.close()
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.asyncio
-async def test_port_that_never_comes_back_exits_3() -> None:
+async def test_port_that_never_comes_back_exits_3(mode: str) -> None:
     master, name = pty_pair()
     fake = FakeTime()
     opened = False
@@ -416,7 +437,9 @@ async def test_port_that_never_comes_back_exits_3() -> None:
 
     config = BridgeConfig(port=name, baud=921600, reopen_timeout_s=30.0)
     with structlog.testing.capture_logs() as logs:
-        async with bridged(US06, config, speed=5.0, opener=opener, clock=fake, sleep=fake.sleep) as (
+        async with bridged(
+            US06, config, speed=5.0, mode=mode, opener=opener, clock=fake, sleep=fake.sleep
+        ) as (
             _,
             bridge,
             task,
@@ -431,11 +454,118 @@ async def test_port_that_never_comes_back_exits_3() -> None:
     assert any("did not come back" in e["event"] and e["log_level"] == "error" for e in logs)
 
 
+@pytest.mark.asyncio
+async def test_stream_faults_reach_the_line_of_a_served_port(tmp_path: Path) -> None:
+    """The port as the server's transport gets the scenario's stream faults as a TCP client does: gaps,
+    bad CRCs the device rejects, and after a ``disconnect`` a new serial connection (SERVER_HELLO)."""
+    scenario = tmp_path / "faults.yaml"
+    scenario.write_text(
+        US06.read_text() + "faults:\n"
+        "  - {kind: drop_frames, start_s: 1, duration_s: 5, probability: 0.5}\n"
+        "  - {kind: corrupt_crc, start_s: 10, duration_s: 5, probability: 0.5}\n"
+        "  - {kind: disconnect, start_s: 20}\n"
+    )
+    master, name = pty_pair()
+    config = BridgeConfig(port=name, baud=921600)
+    async with bridged(scenario, config, speed=50.0, mode="served") as (_, line, _task):
+        await port_open(line)
+        dev = Device(master)
+        mask = p.SubscribeMask.CELL_STATES | p.SubscribeMask.FAULT_EVENT
+        await dev.handshake(p.Subscribe(mask, 1, 0, np.array([], np.uint16)))
+        frames: list[p.Frame] = []
+        await dev.next(p.ServerHello, timeout=10, skip=frames.append)  # the disconnect: a new connection
+        dev.close()
+    states = [f.message for f in frames if isinstance(f.message, p.CellStates)]
+    events = {f.message.kind for f in frames if isinstance(f.message, p.FaultEvent)}
+    assert 19.0 < max(s.t_sim_us for s in states) / 1e6 <= 20.5
+    assert dev.gaps  # frames dropped on purpose
+    assert sum(e.kind is p.DecodeErrorKind.BAD_CRC for e in dev.errors) > 10
+    assert {p.FaultKind.DROP_FRAMES, p.FaultKind.CORRUPT_CRC} <= events  # ground truth never damaged
+
+
+@pytest.mark.asyncio
+async def test_a_served_port_ends_with_its_server() -> None:
+    """The server's ``stop()`` ends its serial transport as it ends its TCP sessions: BYE SHUTDOWN to the
+    device, the port detached before the server is gone, exit code 1 (the stream's source went away)."""
+    master, name = pty_pair()
+    config = BridgeConfig(port=name, baud=921600)
+    async with bridged(US06, config, speed=20.0, mode="served") as (server, line, task):
+        await port_open(line)
+        dev = Device(master)
+        await dev.handshake()
+        await server.stop("end of test")
+        bye = (await dev.next(p.Bye)).message
+        assert bye == p.Bye(p.ErrorCode.SHUTDOWN, "server stopped: end of test")
+        assert await asyncio.wait_for(task, 5) == EXIT_UPSTREAM
+        assert not server.sessions
+        dev.close()
+
+
 def test_cli_refuses_a_port_that_does_not_open(tmp_path: Path) -> None:
     from hil_server.cli import main
 
     code = main(["serial-bridge", "--port", str(tmp_path / "ttyNONE"), "--scenario", str(US06)])
     assert code == 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.asyncio
+async def test_cli_bridge_answers_the_device_and_says_bye_on_sigint(mode: str) -> None:
+    """``serial-bridge`` as a user runs it, with ``--scenario`` (the port is the server's own transport: no
+    TCP port, the line-paced speed at ``--speed 0``) and with ``--server HOST:PORT`` (a client of a running
+    server): the device's handshake and controls answered, BYE SHUTDOWN and exit 0 on SIGINT."""
+    import signal
+    import sys
+
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    tty.setraw(slave)  # held open by the test too: the master does not read EIO before the bridge opens it
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = ["--port", name, "--baud", "115200", "--no-low-latency"]
+    server = await start_server(US06, speed=5.0) if mode == "client" else None
+    if server is not None:
+        args += ["--server", f"127.0.0.1:{server.port}"]
+    else:
+        args += ["--scenario", str(US06), "--speed", "0"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hil_server.cli",
+        "serial-bridge",
+        *args,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    dev = Device(master)
+    try:
+        await dev.handshake(p.Subscribe(p.SubscribeMask.CELL_STATES, 1, 0, np.array([], np.uint16)))
+        first = (await dev.next(p.CellStates)).message
+        seq = dev.send(p.Control(p.ControlCommand.PAUSE))
+        ack = await dev.next(p.Ack)
+        assert ack.message == p.Ack(seq, p.ControlCommand.PAUSE, 0)
+        proc.send_signal(signal.SIGINT)
+        bye = (await dev.next(p.Bye)).message
+        assert isinstance(bye, p.Bye)
+        assert bye.reason == p.ErrorCode.SHUTDOWN
+        code = await asyncio.wait_for(proc.wait(), 10)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        dev.close()
+        os.close(slave)
+        if server is not None:
+            await server.stop()
+    err = (await proc.stderr.read()).decode()
+    assert code == 0, err
+    assert isinstance(first, p.CellStates)
+    assert dev.errors == []
+    assert dev.gaps == []
+    if server is None:
+        serving = next(line for line in err.splitlines() if "serving" in line)
+        assert "port=None" in serving  # the port is the server's transport: no TCP listener, no client
+        assert "line-paced speed" in err
 
 
 def test_ftdi_latency_timer(tmp_path: Path) -> None:
@@ -466,11 +596,16 @@ def test_ad5940_line_format_is_the_example_printf() -> None:
     assert ad5940.format_banner(time.strptime("12:34:56", "%H:%M:%S")) == "Hello AD5940-Build Time:12:34:56\n"
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.asyncio
-async def test_ad5940_over_loop_parses_back_to_the_spectrum() -> None:
+async def test_ad5940_over_loop_parses_back_to_the_spectrum(mode: str) -> None:
     port = serial.serial_for_url("loop://", baudrate=921600, timeout=0.05)
     config = BridgeConfig(port="loop://", baud=921600, fmt=OutputFormat.AD5940, cells=(0,))
-    async with bridged(US06, config, speed=400.0, opener=lambda _u, _b: port) as (server, _bridge, _task):
+    async with bridged(US06, config, speed=400.0, mode=mode, opener=lambda _u, _b: port) as (
+        server,
+        _bridge,
+        _task,
+    ):
         ref = await HilClient.connect("127.0.0.1", server.port, name="reference")
         try:
             await ref.subscribe(p.SubscribeMask.EIS_SPECTRUM, cells=(0,))
@@ -524,8 +659,9 @@ def _c_session_done(out: list[str]) -> bool:
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("make") is None, reason="needs gcc and make")
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.asyncio
-async def test_c_serial_client_talks_to_the_bridge() -> None:
+async def test_c_serial_client_talks_to_the_bridge(mode: str) -> None:
     build = subprocess.run(
         ["make", "-s", "-C", str(ROOT / "firmware_stub"), "examples"],
         capture_output=True,
@@ -541,7 +677,7 @@ async def test_c_serial_client_talks_to_the_bridge() -> None:
     relay.start()
     config = BridgeConfig(port=bridge_name, baud=115200, cells=(0,))
     try:
-        async with bridged(US06, config, speed=20.0) as (_, bridge, _task):
+        async with bridged(US06, config, speed=20.0, mode=mode) as (_, bridge, _task):
             await port_open(bridge)
             proc = await asyncio.create_subprocess_exec(
                 str(exe), dev_name, "115200", "--name", "c-bms", stdout=asyncio.subprocess.PIPE

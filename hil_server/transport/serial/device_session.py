@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import structlog
 
@@ -20,9 +20,6 @@ from hil_server.session.server_session import (
 from hil_server.transport.serial.budget import Budget
 from hil_server.transport.serial.line_pacer import LinePacer
 from protocol import DEVICE_TRANSITIONS, SessionState
-
-if TYPE_CHECKING:
-    pass
 
 log = structlog.get_logger(__name__)
 
@@ -47,18 +44,20 @@ class Forward:
     subscription: Subscription | None = None
 
 
-class DeviceSession(ServerSession):
-    """The serial side in ``--format protocol``: toward the device the bridge is the server (SPEC.md 6).
+class LineSession(ServerSession):
+    """The server side of one serial line in ``--format protocol`` (SPEC.md 6), whatever the stream comes
+    from: ``DeviceSession`` forwards the device's requests to an upstream server, ``served.LineSession``
+    carries them out on the server it is attached to.
 
     A *serial connection* starts when the port is first opened, after the device's BYE, and when a device
     that had said hello stays silent for ``peer_timeout_s``: the bridge's ``seq`` restarts at 0, SERVER_HELLO
-    (the upstream's, with ``auth_required`` 0) is sent and repeated every ``hello_interval_s`` until a
+    (the stream's, with ``auth_required`` 0) is sent and repeated every ``hello_interval_s`` until a
     CLIENT_HELLO arrives, and the default subscription (the command line's) streams until the device sends
     its own SUBSCRIBE. A port that disappears and comes back does not start a new serial connection.
 
     Everything a server says to its peer (handshake, bad input, subscription checks, timeouts, heartbeat
     content) is ``ServerSession``'s, with the device's state table; what this class adds is the serial
-    connection's life cycle and forwarding requests upstream.
+    connection's life cycle, the line budget (decimation) and the heartbeats of the line.
     """
 
     me = "bridge"
@@ -93,24 +92,20 @@ class DeviceSession(ServerSession):
         self.generation = 0
         self.encoder = p.FrameEncoder()
         self.subscription = default
-        self.upstream_subscription = default
         self.effective_divider = plan(default).effective_divider
         self.next_hello = 0.0
         self.next_heartbeat = 0.0
-        self._forwards: list[Forward] = []
         # counters of this serial connection
         self.decimated = 0
         self.dropped_base = 0
         self.sent_base = 0
-        self.upstream_dropped = 0
-        self.upstream_dropped_base = 0
-        # upstream view, for heartbeats
+        # the stream's view, for heartbeats
         self.t_sim_us = 0
         self.sim_state = p.SimState.IDLE
 
     # -- connection ---------------------------------------------------------------------------------------
-    def open(self, now: float) -> list[Forward]:
-        """Start a serial connection; returns the re-subscribe upstream needs to restore the default."""
+    def restart(self, now: float) -> None:
+        """Start a serial connection: numbering from 0, SERVER_HELLO, the default subscription."""
         self.generation += 1
         self.encoder = p.FrameEncoder()
         self.decoder = p.FrameDecoder()
@@ -121,14 +116,10 @@ class DeviceSession(ServerSession):
         self.decimated = 0
         self.dropped_base = self.pacer.dropped
         self.sent_base = self.pacer.frames_sent
-        self.upstream_dropped_base = self.upstream_dropped
         self.last_rx = now
         self.next_hello = now
         self.next_heartbeat = now + self.heartbeat_s
         self.tick(now)
-        if self.upstream_subscription != self.default:
-            return [Forward(_subscribe_message(self.default), None, self.generation, self.default)]
-        return []
 
     def _send(self, message: p.Message, now: float, *, droppable: bool, kind: str, flags: int = 0) -> None:
         self.pacer.push(self.encoder.encode(message, flags), now, droppable=droppable, kind=kind)
@@ -139,14 +130,8 @@ class DeviceSession(ServerSession):
     @property
     def frames_dropped(self) -> int:
         """Every frame the device subscribed to and did not get in this serial connection: dropped from the
-        line queue (a gap in ``seq``), removed by decimation, or dropped by the upstream server."""
-        return (
-            self.pacer.dropped
-            - self.dropped_base
-            + self.decimated
-            + self.upstream_dropped
-            - self.upstream_dropped_base
-        )
+        line queue (a gap in ``seq``) or removed by decimation."""
+        return self.pacer.dropped - self.dropped_base + self.decimated
 
     def tick(self, now: float) -> None:
         if self.state is SessionState.HANDSHAKE and now >= self.next_hello:
@@ -176,6 +161,67 @@ class DeviceSession(ServerSession):
             self.pacer.queued(),
             int(self.sim_state),
         )
+
+    def subscribed(self, sub: Subscription) -> None:
+        """The device's SUBSCRIBE took effect: the line budget is planned again for it (decimation)."""
+        self.subscription = sub
+        budget = self.plan(sub)
+        self.effective_divider = budget.effective_divider
+        self.log.info("device subscribed", budget=budget.describe(), cells=len(sub.cells))
+
+    # -- from the device -----------------------------------------------------------------------------------
+    def handle(self, frame: p.Frame, now: float) -> None:
+        self.last_rx = now
+        super().handle(frame, now)
+
+    def end(self, code: p.ErrorCode | None, text: str, now: float) -> None:
+        if code is not None:
+            self.reply(p.Bye(code, text), now)
+        raise RestartSessionError
+
+    def refused_cells_text(self, bad: list[int]) -> str:
+        allowed = cell_ranges(self.subscribable_cells())
+        return f"cells {bad} are not served by this bridge (allowed: {allowed})"
+
+    def subscribable_cells(self) -> frozenset[int]:
+        return (
+            self.allowed_cells if self.allowed_cells is not None else frozenset(range(self.hello.cell_count))
+        )
+
+    def requested(self, msg: p.Subscribe, cells: tuple[int, ...]) -> Subscription:
+        """What a checked SUBSCRIBE asks for; no cells means all that the bridge serves."""
+        if not cells and self.allowed_cells is not None:
+            cells = tuple(sorted(self.allowed_cells))
+        return Subscription(msg.msg_mask, max(1, msg.state_divider), msg.eis_mode, cells)
+
+
+class DeviceSession(LineSession):
+    """The serial line of a bridge to an upstream server (``--server HOST:PORT``): the device's SUBSCRIBE
+    and CONTROL go upstream as the bridge's own requests (``Forward``), the upstream's answers come back
+    with the device's ``seq`` (``resolve``), and the upstream's frames are renumbered for the line
+    (``forward``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """As ``LineSession``'s."""
+        self._forwards: list[Forward] = []
+        self.upstream_dropped = 0
+        self.upstream_dropped_base = 0
+        super().__init__(*args, **kwargs)
+        self.upstream_subscription = self.default
+        """What the upstream server was last told to stream to the bridge."""
+
+    def open(self, now: float) -> list[Forward]:
+        """Start a serial connection; returns the re-subscribe upstream needs to restore the default."""
+        self.upstream_dropped_base = self.upstream_dropped
+        self.restart(now)
+        if self.upstream_subscription != self.default:
+            return [Forward(_subscribe_message(self.default), None, self.generation, self.default)]
+        return []
+
+    @property
+    def frames_dropped(self) -> int:
+        """As the line's, plus the frames the upstream server dropped for the bridge (its heartbeats)."""
+        return super().frames_dropped + self.upstream_dropped - self.upstream_dropped_base
 
     # -- from upstream -------------------------------------------------------------------------------------
     def forward(self, frame: p.Frame, now: float) -> None:
@@ -208,28 +254,8 @@ class DeviceSession(ServerSession):
         out, self._forwards = self._forwards, []
         return out
 
-    def handle(self, frame: p.Frame, now: float) -> None:
-        self.last_rx = now
-        super().handle(frame, now)
-
-    def end(self, code: p.ErrorCode | None, text: str, now: float) -> None:
-        if code is not None:
-            self.reply(p.Bye(code, text), now)
-        raise RestartSessionError
-
-    def refused_cells_text(self, bad: list[int]) -> str:
-        allowed = cell_ranges(self.subscribable_cells())
-        return f"cells {bad} are not served by this bridge (allowed: {allowed})"
-
-    def subscribable_cells(self) -> frozenset[int]:
-        return (
-            self.allowed_cells if self.allowed_cells is not None else frozenset(range(self.hello.cell_count))
-        )
-
     def subscribe(self, seq: int, msg: p.Subscribe, cells: tuple[int, ...], now: float) -> None:
-        if not cells and self.allowed_cells is not None:
-            cells = tuple(sorted(self.allowed_cells))
-        sub = Subscription(msg.msg_mask, max(1, msg.state_divider), msg.eis_mode, cells)
+        sub = self.requested(msg, cells)
         self._forwards.append(Forward(_subscribe_message(sub), seq, self.generation, sub))
 
     def control(self, seq: int, msg: p.Control, now: float) -> None:
@@ -245,10 +271,7 @@ class DeviceSession(ServerSession):
                 self.log.info("upstream reply for a previous serial connection dropped", seq=fwd.device_seq)
             return
         if isinstance(reply, p.Ack) and fwd.subscription is not None:
-            self.subscription = fwd.subscription
-            budget = self.plan(fwd.subscription)
-            self.effective_divider = budget.effective_divider
-            self.log.info("device subscribed", budget=budget.describe(), cells=len(fwd.subscription.cells))
+            self.subscribed(fwd.subscription)
         if fwd.device_seq is None:
             return
         if reply is None:
@@ -267,6 +290,3 @@ def _subscribe_message(sub: Subscription) -> p.Subscribe:
     import numpy as np
 
     return p.Subscribe(sub.mask, sub.divider, sub.eis_mode, np.array(sub.cells, dtype=np.uint16))
-
-
-# -- port handling -----------------------------------------------------------------------------------------
