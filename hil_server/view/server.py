@@ -43,6 +43,8 @@ log = structlog.get_logger(__name__)
 UPDATE_S = 0.1
 """The shortest time between two updates of one page (at most 10 a second, however fast the stream)."""
 CONTROL_TIMEOUT_S = 5.0
+CONTROLS_IN_FLIGHT = 8
+"""Commands of one page waiting for their answer at most; more are refused by the view."""
 CONTROLS = frozenset(
     {
         p.ControlCommand.PAUSE,
@@ -268,10 +270,16 @@ class ViewServer:
                     continue
                 if msg.get("type") == "select":
                     cell = msg.get("cell")
-                    if isinstance(cell, int) and 0 <= cell < self.state.cell_count:
+                    if type(cell) is int and 0 <= cell < self.state.cell_count:
                         cursor.select(cell)
                         wake.set()
                 elif msg.get("type") == "control":
+                    if cursor.in_flight >= CONTROLS_IN_FLIGHT:
+                        answer = f"refused: {CONTROLS_IN_FLIGHT} commands are waiting for their answer"
+                        cursor.replies.append(_reply(msg, False, answer))
+                        wake.set()
+                        continue
+                    cursor.in_flight += 1
                     self._spawn(self._control(ws, msg, cursor, wake))
         except ConnectionClosed:
             pass
@@ -282,10 +290,12 @@ class ViewServer:
         self, ws: ServerConnection, msg: dict[str, Any], cursor: PageCursor, wake: asyncio.Event
     ) -> None:
         text = str(msg.get("text", ""))[:200]
-        ok, answer = await self._send_control(text)
+        try:
+            ok, answer = await self._send_control(text)
+        finally:
+            cursor.in_flight -= 1
         log.info("view: control", text=text, ok=ok, answer=answer, page=str(ws.remote_address))
-        reply = {"type": "reply", "id": msg.get("id"), "text": text, "ok": ok, "answer": answer}
-        cursor.replies.append(reply)
+        cursor.replies.append(_reply(msg, ok, answer))
         wake.set()
 
     async def _send_control(self, text: str) -> tuple[bool, str]:
@@ -303,3 +313,14 @@ class ViewServer:
         except ClientError as exc:
             return False, str(exc)
         return isinstance(reply, p.Ack), reply_text(text, reply).strip().removeprefix("control ")
+
+
+def _reply(msg: dict[str, Any], ok: bool, answer: str) -> dict[str, Any]:
+    """The answer to a page's control message ``msg``, with the id the page gave it."""
+    return {
+        "type": "reply",
+        "id": msg.get("id"),
+        "text": str(msg.get("text", ""))[:200],
+        "ok": ok,
+        "answer": answer,
+    }

@@ -31,6 +31,8 @@ SPECTRA_KEPT = 5
 """Spectra kept per cell: the latest and the previous ones the page draws fading."""
 FAULTS_KEPT = 200
 """Fault spans kept on the timeline (the oldest ended ones go first)."""
+RATE_WINDOW_S = 1.0
+"""The arrival rate of state frames the page shows is averaged over windows of at least this long."""
 QUANTITIES = ("voltage_uV", "current_uA", "temperature_mdegC", "soc_ppm")
 """The history's series, in wire units."""
 
@@ -140,10 +142,14 @@ class PageCursor:
     spectra_version: int = -1
     states_seen: int = 0
     """``ViewState.states_in`` at the last update."""
-    wall_s: float | None = None
-    """Wall time of the last update (the caller's clock)."""
+    rate_window: tuple[float, int] | None = None
+    """Wall time (the caller's clock) and ``states_in`` where the current rate window began."""
+    states_per_s: float | None = None
+    """State frames per second over the last full window of at least :data:`RATE_WINDOW_S`."""
     replies: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """Answers to the page's control commands, sent with the next update."""
+    in_flight: int = 0
+    """The page's control commands waiting for their answer."""
 
     def select(self, cell: int) -> None:
         self.cell = cell
@@ -278,8 +284,13 @@ class ViewState:
         """Everything new to the page of ``cursor`` since its last update; advances the cursor."""
         m = self.monitor
         states = self.states_in - cursor.states_seen
-        elapsed = None if cursor.wall_s is None else wall_s - cursor.wall_s
-        cursor.states_seen, cursor.wall_s = self.states_in, wall_s
+        cursor.states_seen = self.states_in
+        if cursor.rate_window is None:
+            cursor.rate_window = (wall_s, self.states_in)
+        elif wall_s - cursor.rate_window[0] >= RATE_WINDOW_S:
+            since, count = cursor.rate_window
+            cursor.states_per_s = (self.states_in - count) / (wall_s - since)
+            cursor.rate_window = (wall_s, self.states_in)
         out: dict[str, Any] = {
             "type": "update",
             "t_sim_us": m.t_sim_us,
@@ -299,7 +310,7 @@ class ViewState:
             "health": self._health(),
             "decimation": {
                 "states": states,
-                "states_per_s": None if not elapsed else states / elapsed,
+                "states_per_s": cursor.states_per_s,
                 "history_stride": self.history.stride,
             },
             "sweeps": {str(c): list(v) for c, v in m.sweeps.items()},

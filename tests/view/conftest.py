@@ -67,9 +67,9 @@ async def browser() -> AsyncIterator[Browser]:
             await chromium.close()
 
 
-async def spawn_cli(*argv: str) -> asyncio.subprocess.Process:
-    """``python -m hil_server.cli ARGV`` with unbuffered output, this tree first on the path."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+async def spawn_cli(*argv: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    """``python -m hil_server.cli ARGV`` with unbuffered output, this tree first on the path, and ``env``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **(env or {})}
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

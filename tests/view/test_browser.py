@@ -165,6 +165,12 @@ async def test_the_page_shows_the_stream(browser: Browser) -> None:
         assert drawn["decades"] == [0.1, 1, 10, 100, 1000, 10000]  # the scenario's 0.1 Hz .. 10 kHz
         assert drawn["labels"] == ["100 mHz", "1 Hz", "10 Hz", "100 Hz", "1 kHz", "10 kHz"]
         assert drawn["bode"] == ["spectrum magnitude", "spectrum phase"]
+        # a second spectrum: the first one stays, fading
+        assert isinstance(await client.control(p.Control.request_spectrum(3)), p.Ack)
+        previous = page.locator("#nyquist polyline.previous")
+        await previous.wait_for(state="attached", timeout=WAIT_MS)
+        assert float(await previous.get_attribute("opacity") or "1") < 1
+        assert await page.locator("#bode polyline").count() == 4
 
         # a cell's value on the page is the stream's value at that step
         states = await last_states_when_paused(client)

@@ -50,10 +50,11 @@ async def test_serve_with_view_then_ctrl_c() -> None:
 
 
 @pytest.mark.asyncio
-async def test_view_of_a_running_server_ends_with_it() -> None:
-    server = await start_server(FAULTS, speed=10)
+async def test_view_of_a_server_with_a_secret_ends_with_it() -> None:
+    server = await start_server(FAULTS, speed=10, secret=b"bench key")
     try:
-        proc = await spawn_cli("view", "127.0.0.1", str(server.port), "--listen", "127.0.0.1:0")
+        argv = ("view", "127.0.0.1", str(server.port), "--listen", "127.0.0.1:0", "--secret-env", "HIL_KEY")
+        proc = await spawn_cli(*argv, env={"HIL_KEY": "bench key"})
         line = await line_with(proc, "eis-hil view: http://127.0.0.1:")
         assert "(controls off)" in line
         assert f"stream 127.0.0.1:{server.port}: scenario fault_showcase, 12 cell(s)" in line

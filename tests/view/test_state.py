@@ -84,7 +84,12 @@ def test_latest_values_and_decimation_count() -> None:
         state.update(s.states(step))
     msg = roundtrip(state.update_message(cursor, wall_s=100.5))
     assert msg["decimation"]["states"] == 20
-    assert msg["decimation"]["states_per_s"] == pytest.approx(40.0)
+    assert msg["decimation"]["states_per_s"] is None  # averaged over a second at least
+    for step in range(30, 40):
+        state.update(s.states(step))
+    msg = roundtrip(state.update_message(cursor, wall_s=101.0))
+    assert msg["decimation"]["states"] == 10
+    assert msg["decimation"]["states_per_s"] == pytest.approx(30.0)
 
 
 def test_history_is_incremental_per_page_and_reset_on_select() -> None:

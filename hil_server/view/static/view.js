@@ -505,7 +505,9 @@ function renderHistory() {
 function renderTimeline(msg) {
   const svg = $("timeline");
   const faults = view.faults;
-  $("fault-empty").hidden = faults.length > 0;
+  const empty = $("fault-empty");
+  empty.hidden = faults.length > 0 && faults.length <= 40;
+  empty.textContent = faults.length ? `The last 40 of ${faults.length} faults:` : "No fault event yet.";
   if (!faults.length) {
     clear(svg);
     svg.setAttribute("viewBox", "0 0 1000 1");
