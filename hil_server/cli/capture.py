@@ -33,20 +33,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _repair(path: Path, data_offset: int, out: Path) -> int:
-    """Copy the header and every valid record of ``path`` into the new file ``out``: the records copied."""
+    """Copy the header and every valid record of ``path`` into the new file ``out``: the records copied.
+    Written beside ``out`` and renamed when complete, so an interrupted repair leaves no half copy."""
     from hil_server.capture.format import _fsync_dir
 
     capture = open_capture(path)
     copied = 0
+    partial = out.with_name(f".{out.name}.partial")
     with path.open("rb") as src:
         head = src.read(data_offset)
-    with out.open("xb") as dst:
-        dst.write(head)
-        for record in scan_records(capture):
-            dst.write(record.to_bytes())
-            copied += 1
-        dst.flush()
-        os.fsync(dst.fileno())
+    try:
+        with partial.open("wb") as dst:  # ours: a stale one from a killed run is replaced
+            dst.write(head)
+            for record in scan_records(capture):
+                dst.write(record.to_bytes())
+                copied += 1
+            dst.flush()
+            os.fsync(dst.fileno())
+        if out.exists():
+            raise CaptureError(f"{out}: appeared while repairing; refusing to overwrite it")
+        partial.rename(out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     _fsync_dir(out)
     return copied
 
