@@ -4,6 +4,7 @@ subscribed, so a test's controller that never subscribes sees the time line stan
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -88,13 +89,14 @@ def burst(client: HilClient, *messages: p.Message) -> list[int]:
 async def replies(client: HilClient, seqs: list[int], timeout: float = 10) -> dict[int, p.Ack | p.Nak]:
     """The ACK or NAK of each of ``seqs`` (sent with ``burst``); other frames are kept in ``client.seen``."""
     got: dict[int, p.Ack | p.Nak] = {}
-    while len(got) < len(seqs):
-        frame = await client.next_frame(timeout)
-        msg = frame.message
-        if isinstance(msg, p.Ack | p.Nak) and msg.ack_seq in seqs:
-            got[msg.ack_seq] = msg
-        else:
-            seen(client).append(frame)
+    async with asyncio.timeout(timeout):
+        while len(got) < len(seqs):
+            frame = await client.next_frame()
+            msg = frame.message
+            if isinstance(msg, p.Ack | p.Nak) and msg.ack_seq in seqs:
+                got[msg.ack_seq] = msg
+            else:
+                seen(client).append(frame)
     return got
 
 
@@ -107,16 +109,18 @@ def seen(client: HilClient) -> list[p.Frame]:
 
 
 async def frames_until(
-    client: HilClient, done: Any, timeout: float = 10, limit: int = 100_000
+    client: HilClient, done: Any, timeout: float = 30, limit: int = 100_000
 ) -> list[p.Frame]:
-    """Frames (those read past by ``replies`` first) up to and including the first ``done(frame)``."""
+    """Frames (those read past by ``replies`` first) up to and including the first ``done(frame)``; fails
+    after ``timeout`` s in all (heartbeats keep coming, so a per-frame timeout would never fire)."""
     out: list[p.Frame] = []
     backlog = seen(client)
-    for _ in range(limit):
-        frame = backlog.pop(0) if backlog else await client.next_frame(timeout)
-        out.append(frame)
-        if done(frame):
-            return out
+    async with asyncio.timeout(timeout):
+        for _ in range(limit):
+            frame = backlog.pop(0) if backlog else await client.next_frame()
+            out.append(frame)
+            if done(frame):
+                return out
     raise AssertionError(f"not reached in {limit} frames")
 
 

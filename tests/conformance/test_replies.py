@@ -55,15 +55,16 @@ class Raw:
 
     async def reply_to(self, seq: int) -> p.Message:
         """The next frame that is not telemetry; it must refer to ``seq``."""
-        while True:
-            frame = await self.next()
-            assert frame is not None, "connection closed"
-            msg = frame.message
-            if isinstance(msg, p.Heartbeat | p.CellStates | p.EisSpectrum | p.EisPoint | p.FaultEvent):
-                continue
-            ref = msg.ref_seq if isinstance(msg, p.Error) else getattr(msg, "ack_seq", None)
-            assert ref == seq, msg
-            return msg
+        async with asyncio.timeout(10):  # heartbeats keep coming: one deadline for the whole wait
+            while True:
+                frame = await self.next()
+                assert frame is not None, "connection closed"
+                msg = frame.message
+                if isinstance(msg, p.Heartbeat | p.CellStates | p.EisSpectrum | p.EisPoint | p.FaultEvent):
+                    continue
+                ref = msg.ref_seq if isinstance(msg, p.Error) else getattr(msg, "ack_seq", None)
+                assert ref == seq, msg
+                return msg
 
 
 @pytest.mark.asyncio
@@ -102,10 +103,11 @@ async def test_a_damaged_control_gets_a_nak_that_cannot_be_taken_for_a_subscribe
         short = p.frame_payload(p.MsgType.SUBSCRIBE, b"\x01", seq=501)
         client.send_raw(bytes(raw) + short)
         naks: dict[int, p.Nak] = {}
-        while len(naks) < 2:
-            frame = await client.next_frame(timeout=5)
-            if isinstance(frame.message, p.Nak):
-                naks[frame.message.ack_seq] = frame.message
+        async with asyncio.timeout(10):  # heartbeats keep coming: one deadline for the whole wait
+            while len(naks) < 2:
+                frame = await client.next_frame()
+                if isinstance(frame.message, p.Nak):
+                    naks[frame.message.ack_seq] = frame.message
         assert (naks[500].command, naks[500].code) == (p.UNPARSED_COMMAND, p.ErrorCode.BAD_CRC)
         assert (naks[501].command, naks[501].code) == (0, p.ErrorCode.MALFORMED_PAYLOAD)
 
@@ -184,8 +186,9 @@ async def test_a_stalled_reader_gets_every_reply_before_its_bye() -> None:
         )
         controls = raw.send(*(p.Control.set_ambient_temperature(20_000 + i) for i in range(7)))
         await until(lambda: session.closing, 20)
-        while await raw.next(timeout=5) is not None:  # now read everything that reached us
-            pass
+        async with asyncio.timeout(30):
+            while await raw.next(timeout=5) is not None:  # now read everything that reached us
+                pass
         replies = {f.message.ack_seq: f.seq for f in raw.frames if isinstance(f.message, p.Ack)}
         byes = [f for f in raw.frames if isinstance(f.message, p.Bye)]
         assert len(byes) == 1
