@@ -68,6 +68,23 @@ async def test_view_of_a_server_with_a_secret_ends_with_it() -> None:
     assert "eis-hil view: the server closed the stream: server shutting down" in out.decode()
 
 
+@pytest.mark.asyncio
+async def test_view_with_a_wrong_secret_says_so_in_one_line() -> None:
+    server = await start_server(FAULTS, speed=1, secret=b"bench key")
+    port = server.port
+    try:
+        argv = ("view", "127.0.0.1", str(port), "--listen", "127.0.0.1:0", "--secret-env", "HIL_KEY")
+        proc = await spawn_cli(*argv, env={"HIL_KEY": "not the key"})
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        await server.stop()
+    assert proc.returncode == 2
+    assert out == b""
+    said = [line for line in err.decode().splitlines() if line.startswith("eis-hil view:")]
+    assert said == [f"eis-hil view: 127.0.0.1:{port}: connection closed: authentication failed"]
+    assert "Traceback" not in err.decode()
+
+
 def test_view_cannot_connect(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
