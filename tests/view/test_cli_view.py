@@ -103,6 +103,7 @@ def test_view_cannot_connect(capsys: pytest.CaptureFixture[str]) -> None:
         (["view", "127.0.0.1", "7700", "--listen", "host:"], "expected [ADDR:]PORT"),
         (["view", "127.0.0.1", "0"], "'0' is not a port (1..65535)"),
         (["serve", str(FAULTS), "--view", "x"], "expected [ADDR:]PORT"),
+        (["serve", str(FAULTS), "--view", "::1"], "an IPv6 address goes in brackets, e.g. [::1]:8700"),
     ],
 )
 def test_bad_options_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
