@@ -370,3 +370,77 @@ async def test_the_view_passes_on_only_the_commands_it_offers() -> None:
         3: (True, "spectrum@0: ACK result=1"),
     }
     assert sim_state(server) is p.SimState.RUNNING
+
+
+# -- strings from the stream are text, never markup -------------------------------------------------------
+
+HTML = '<img src="x" class="injected">'
+
+
+async def _hostile_server(reader: Any, writer: Any) -> None:
+    """A server (or a replayed capture, or whatever answers on the port) whose strings are HTML: the
+    hello's names, a NAK's message and the BYE's message."""
+    import numpy as np
+
+    enc, dec = p.FrameEncoder(), p.FrameDecoder()
+    hello = p.ServerHello(
+        cell_count=3, step_period_us=100_000, scenario_id=HTML, model_id=HTML, server_version=HTML
+    )
+    writer.write(enc.encode(hello))
+    while data := await reader.read(65536):
+        dec.feed(data)
+        for frame in dec.events():
+            if not isinstance(frame, p.Frame) or frame.seq is None:
+                continue
+            msg = frame.message
+            if isinstance(msg, p.ClientHello):
+                writer.write(enc.encode(p.Ack(frame.seq, 0, p.PROTOCOL_VERSION)))
+            elif isinstance(msg, p.Subscribe):
+                writer.write(enc.encode(p.Ack(frame.seq, 0, 3)))
+                idx = np.arange(3)
+                states = p.CellStates.from_columns(
+                    0,
+                    time.time_ns() // 1000,
+                    1,
+                    cell=idx,
+                    voltage_uV=3_700_000 + idx,
+                    current_uA=0,
+                    temperature_mdegC=25_000,
+                    soc_ppm=500_000,
+                    soh_ppm=1_000_000,
+                )
+                writer.write(enc.encode(states))
+            elif isinstance(msg, p.Control):
+                writer.write(enc.encode(p.Nak(frame.seq, msg.command, p.ErrorCode.OUT_OF_RANGE, HTML)))
+                writer.write(enc.encode(p.Bye(p.ErrorCode.SHUTDOWN, HTML)))
+                await writer.drain()
+                writer.close()
+                return
+
+
+@pytest.mark.asyncio
+async def test_strings_from_the_stream_are_shown_as_text(browser: Browser) -> None:
+    from hil_server.transport.loopback import open_pipe
+
+    page = browser.page
+    reader, writer = await open_pipe(_hostile_server)
+    client = await HilClient.over(reader, writer, name="view")
+    await client.subscribe()
+    view = ViewServer(client, "hostile:7700", allow_control=True)
+    await view.listen("127.0.0.1", 0)
+    try:
+        await page.goto(view.url)
+        await expect(page.locator("#scenario")).to_have_text(f"scenario {HTML}", timeout=WAIT_MS)
+        await expect(page.locator("#heatmap .cell")).to_have_count(3, timeout=WAIT_MS)
+        await page.click("#pause")
+        await expect(page.locator("#replies li.nak")).to_have_text(
+            f"pause: NAK OUT_OF_RANGE: {HTML}", timeout=WAIT_MS
+        )
+        await expect(page.locator("#bye")).to_have_text(
+            f"The stream ended: SHUTDOWN: {HTML}", timeout=WAIT_MS
+        )
+        assert HTML in (await page.text_content("#endpoint") or "")
+        assert await page.locator("img, .injected").count() == 0  # text, not an element
+    finally:
+        await view.stop()
+    assert browser.errors == []
