@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import json
+import socket
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -156,13 +157,15 @@ class ViewServer:
     def url(self) -> str:
         return url_of(self._host, self.port)
 
-    async def listen(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Serve the page on ``host``:``port`` (0: a free port) and start folding the stream."""
+    async def listen(self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None) -> None:
+        """Serve the page on ``host``:``port`` (0: a free port), or on ``sock`` already bound to them, and
+        start folding the stream."""
         self._host = host
         self._server = await serve(
             self._page,
-            host,
-            port,
+            None if sock else host,
+            None if sock else port,
+            sock=sock,
             process_request=self._http,
             compression=None,
             max_size=4096,

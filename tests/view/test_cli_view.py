@@ -113,16 +113,21 @@ def test_bad_options_are_one_line(argv: list[str], message: str, capsys: pytest.
     assert message in capsys.readouterr().err
 
 
-def test_serve_view_on_a_taken_port_stops_the_server(capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_view_on_a_taken_port_is_said_before_the_server_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = tmp_path / "session.eiscap"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         taken = s.getsockname()[1]
-        code = main(["serve", str(FAULTS), "--port", "0", "--view", str(taken)])
+        code = main(["serve", str(FAULTS), "--port", "0", "--view", str(taken), "--record", str(record)])
     assert code == 2
     captured = capsys.readouterr()
-    assert f"--view 127.0.0.1:{taken}:" in captured.out + captured.err
+    assert f"--view 127.0.0.1:{taken}: address already in use" in captured.out + captured.err
     assert "Traceback" not in captured.err
+    assert "eis-hil serving" not in captured.out
+    assert not record.exists()  # nothing was started, so nothing was recorded
 
 
 @pytest.mark.asyncio
