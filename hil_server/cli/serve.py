@@ -40,6 +40,8 @@ DEFAULT_SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "us06_25c
 async def _serve(args: argparse.Namespace, scenario: Path, demo_seconds: float | None = None) -> int:
     from hil_server.app import start_server
 
+    if getattr(args, "allow_control", False) and getattr(args, "view", None) is None:
+        raise ValueError("--allow-control is for the page of --view: give --view [ADDR:]PORT too")
     secret = read_secret(args)
     # the view's port first: one taken is said before the server starts (and records)
     view_sock = bind_listen(args.view, "--view") if getattr(args, "view", None) is not None else None

@@ -51,14 +51,14 @@ def add_view_option(parser: argparse.ArgumentParser) -> None:
         metavar="[ADDR:]PORT",
         help="also serve the live browser view on this port (loopback unless ADDR is given)",
     )
-    _add_allow_control(parser)
+    _add_allow_control(parser, " (with --view)")
 
 
-def _add_allow_control(parser: argparse.ArgumentParser) -> None:
+def _add_allow_control(parser: argparse.ArgumentParser, needs: str = "") -> None:
     parser.add_argument(
         "--allow-control",
         action="store_true",
-        help="let the page pause, resume, seek, inject and clear faults and request spectra (off by "
+        help=f"let the page pause, resume, seek, inject and clear faults and request spectra{needs} (off by "
         "default: anyone who can reach the page's port could)",
     )
 

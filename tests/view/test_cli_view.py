@@ -113,6 +113,13 @@ def test_bad_options_are_one_line(argv: list[str], message: str, capsys: pytest.
     assert message in capsys.readouterr().err
 
 
+def test_serve_allow_control_without_view_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", str(FAULTS), "--port", "0", "--allow-control"]) == 2
+    captured = capsys.readouterr()
+    assert "--allow-control is for the page of --view: give --view [ADDR:]PORT too" in captured.err
+    assert "eis-hil serving" not in captured.out
+
+
 def test_serve_view_on_a_taken_port_is_said_before_the_server_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
