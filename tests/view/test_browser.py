@@ -96,15 +96,20 @@ async def drawn(page: Any) -> None:
     await expect(page.locator("#tsim")).not_to_have_text("-", timeout=WAIT_MS)
 
 
-async def last_states_when_paused(client: HilClient) -> p.CellStates:
+async def last_states_when_paused(
+    client: HilClient, spectra: dict[int, p.EisSpectrum] | None = None
+) -> p.CellStates:
     """Pause the stream and return the last CELL_STATES sent before it stopped: the frames up to the first
-    heartbeat that says PAUSED (every tick before the pause was sent before that heartbeat)."""
+    heartbeat that says PAUSED (every tick before the pause was sent before that heartbeat). ``spectra``
+    gets the latest EIS_SPECTRUM of each cell among those frames."""
     assert isinstance(await client.control(p.Control(p.ControlCommand.PAUSE)), p.Ack)
     last: p.CellStates | None = None
     while True:
         msg = (await client.next_frame(timeout=5)).message
         if isinstance(msg, p.CellStates):
             last = msg
+        elif isinstance(msg, p.EisSpectrum) and spectra is not None:
+            spectra[msg.cell] = msg
         elif isinstance(msg, p.Heartbeat) and msg.sim_state == p.SimState.PAUSED:
             assert last is not None
             return last
@@ -173,8 +178,13 @@ async def test_the_page_shows_the_stream(browser: Browser) -> None:
         assert await page.locator("#bode polyline").count() == 4
 
         # a cell's value on the page is the stream's value at that step
-        states = await last_states_when_paused(client)
+        spectra: dict[int, p.EisSpectrum] = {}
+        states = await last_states_when_paused(client, spectra)
         await expect(page.locator("#step")).to_have_text(str(states.step), timeout=WAIT_MS)
+        # the latest spectrum's KK figure, and the cell's V/I/T/SOC over time
+        kk = f"{float(spectra[3].kk_residual) * 100:.3f} %"
+        await expect(page.locator("#detail-kk")).to_have_text(kk, timeout=WAIT_MS)
+        await expect(page.locator("#history polyline.series")).to_have_count(4, timeout=WAIT_MS)
         record = states.records[states.records["cell"] == 3][0]
         assert await page.text_content("#detail-voltage") == f"{record['voltage_uV'] / 1e6:.4f} V"
         assert await page.text_content("#detail-temperature") == f"{record['temperature_mdegC'] / 1e3:.2f} C"
