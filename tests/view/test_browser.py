@@ -238,6 +238,13 @@ async def test_pause_pressed_on_the_page_pauses_the_stream(browser: Browser) -> 
         await page.click("#resume")
         await page.locator("#replies li.ack", has_text="resume").wait_for(timeout=WAIT_MS)
         assert sim_state(server) is p.SimState.RUNNING
+
+        # a bench runs for hours: the page keeps the answers to its last 20 commands
+        for _ in range(20):
+            await page.click("#seek")
+        await expect(page.locator("#replies li")).to_have_count(20, timeout=WAIT_MS)
+        ids = [await li.get_attribute("data-id") for li in await page.locator("#replies li").all()]
+        assert ids == [str(i) for i in range(24, 4, -1)]  # newest first; inject, pause, seek, resume gone
     assert browser.errors == []
 
 
