@@ -23,7 +23,12 @@ log = structlog.get_logger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="capture_command", required=True, metavar="ACTION")
-    check = sub.add_parser("check", help="list the damaged spans of a capture; --repair writes a clean copy")
+    check = sub.add_parser(
+        "check",
+        help="list the damaged spans of a capture; --repair writes a clean copy",
+        description="List every damaged span of a capture (offset, bytes, records lost; CAPTURE.md 6.1). "
+        "Exit status: 0 intact, 1 damage found (the --repair copy is written), 2 not a readable capture.",
+    )
     check.add_argument("file", help="capture file (eis-hil record, or serve --record)")
     check.add_argument(
         "--repair",
@@ -33,20 +38,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _repair(path: Path, data_offset: int, out: Path) -> int:
-    """Copy the header and every valid record of ``path`` into the new file ``out``: the records copied."""
+    """Copy the header and every valid record of ``path`` into the new file ``out``: the records copied.
+    Written beside ``out`` and renamed when complete, so an interrupted repair leaves no half copy."""
     from hil_server.capture.format import _fsync_dir
 
     capture = open_capture(path)
     copied = 0
+    partial = out.with_name(f".{out.name}.partial")
     with path.open("rb") as src:
         head = src.read(data_offset)
-    with out.open("xb") as dst:
-        dst.write(head)
-        for record in scan_records(capture):
-            dst.write(record.to_bytes())
-            copied += 1
-        dst.flush()
-        os.fsync(dst.fileno())
+    try:
+        with partial.open("wb") as dst:  # ours: a stale one from a killed run is replaced
+            dst.write(head)
+            for record in scan_records(capture):
+                dst.write(record.to_bytes())
+                copied += 1
+            dst.flush()
+            os.fsync(dst.fileno())
+        if out.exists():
+            raise CaptureError(f"{out}: appeared while repairing; refusing to overwrite it")
+        partial.rename(out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     _fsync_dir(out)
     return copied
 

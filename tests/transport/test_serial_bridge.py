@@ -599,7 +599,9 @@ def test_ad5940_line_format_is_the_example_printf() -> None:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.asyncio
 async def test_ad5940_over_loop_parses_back_to_the_spectrum(mode: str) -> None:
-    port = serial.serial_for_url("loop://", baudrate=921600, timeout=0.05)
+    # the production opener: its write timeout ends a write nobody reads any more (the bridge goes on printing
+    # after the test stops reading; without it the executor thread blocks forever and the loop never closes)
+    port = open_serial("loop://", 921600)
     config = BridgeConfig(port="loop://", baud=921600, fmt=OutputFormat.AD5940, cells=(0,))
     async with bridged(US06, config, speed=400.0, mode=mode, opener=lambda _u, _b: port) as (
         server,
