@@ -61,6 +61,12 @@ async def test_view_of_a_server_with_a_secret_ends_with_it() -> None:
         hello = await _hello(_port_of(line))
         assert hello["controls"] is False
         assert hello["endpoint"] == f"127.0.0.1:{server.port}"
+        async with connect(f"ws://127.0.0.1:{_port_of(line)}/ws") as page:
+            await page.recv()
+            await server.stop()
+            last = [json.loads(message) async for message in page][-1]  # until the view closes it
+        # the page is told the stream ended, and why, before the view goes
+        assert (last["ended"], last["bye"]) == (True, "SHUTDOWN: server shutting down")
     finally:
         await server.stop()
     out, err = await asyncio.wait_for(proc.communicate(), 30)
