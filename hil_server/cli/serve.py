@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from hil_server.cli._common import (
 )
 from hil_server.cli._loop import run as run_loop
 from hil_server.cli.protocol_demo import run_demo
-from hil_server.cli.view import EXTRA_HINT, add_view_option, connect_host, start_view
+from hil_server.cli.view import EXTRA_HINT, add_view_option, bind_listen, connect_host, start_view
 from hil_server.cli.view import banner as view_banner
 from hil_server.client.client import ClientError
 from hil_server.client.text import describe
@@ -39,20 +40,29 @@ DEFAULT_SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "us06_25c
 async def _serve(args: argparse.Namespace, scenario: Path, demo_seconds: float | None = None) -> int:
     from hil_server.app import start_server
 
+    if getattr(args, "allow_control", False) and getattr(args, "view", None) is None:
+        raise ValueError("--allow-control is for the page of --view: give --view [ADDR:]PORT too")
     secret = read_secret(args)
-    server = await start_server(
-        scenario,
-        model_dir=model_dir(args),
-        seed=args.seed,
-        host=args.host,
-        port=args.port,
-        speed=args.speed,
-        secret=secret,
-        max_clients=args.max_clients,
-        record=getattr(args, "record", None),
-    )
+    # the view's port first: one taken is said before the server starts (and records)
+    view_sock = bind_listen(args.view, "--view") if getattr(args, "view", None) is not None else None
+    try:
+        server = await start_server(
+            scenario,
+            model_dir=model_dir(args),
+            seed=args.seed,
+            host=args.host,
+            port=args.port,
+            speed=args.speed,
+            secret=secret,
+            max_clients=args.max_clients,
+            record=getattr(args, "record", None),
+        )
+    except BaseException:
+        if view_sock is not None:
+            view_sock.close()
+        raise
     tasks: list[asyncio.Task[Any]] = []
-    view = await _view_beside(server, args, secret)
+    view = None if view_sock is None else await _view_beside(server, args, secret, view_sock)
     if demo_seconds is not None:
         # About four state lines per second of wall time, whatever the speed.
         divider = max(1, round(args.speed / server.engine.dt_s / 4)) if args.speed > 0 else 100
@@ -69,23 +79,22 @@ async def _serve(args: argparse.Namespace, scenario: Path, demo_seconds: float |
 
 
 async def _view_beside(
-    server: HilServer, args: argparse.Namespace, secret: bytes | None
-) -> ViewServer | None:
-    """``serve --view``: the browser view, a client of this server like any other; the server is stopped
-    when the view cannot start (the port is taken, the extra is missing)."""
-    if getattr(args, "view", None) is None:
-        return None
+    server: HilServer, args: argparse.Namespace, secret: bytes | None, sock: socket.socket
+) -> ViewServer:
+    """``serve --view``: the browser view on ``sock`` (bound before the server started), a client of this
+    server like any other; the server is stopped when the view cannot start (the extra is missing)."""
     try:
         return await start_view(
-            connect_host(args.host), server.port, args.view, secret, args.allow_control, 5.0, "--view"
+            connect_host(args.host), server.port, args.view, secret, args.allow_control, 5.0, sock
         )
     except ImportError:
+        sock.close()
         await server.stop()
         raise ValueError(EXTRA_HINT) from None
     except (ClientError, TimeoutError) as exc:
         await server.stop()
         raise ValueError(f"--view: the view could not join the stream: {exc}") from None
-    except BaseException:  # OSError: the port is taken (start_view names it)
+    except BaseException:
         await server.stop()
         raise
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import socket
 import sys
 import threading
 from typing import IO, TYPE_CHECKING
@@ -32,6 +33,8 @@ def listen_arg(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = DEFAULT_LISTEN[0], text
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise argparse.ArgumentTypeError(f"{text!r}: an IPv6 address goes in brackets, e.g. [::1]:8700")
     host = host.strip("[]") or DEFAULT_LISTEN[0]
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(
@@ -48,14 +51,14 @@ def add_view_option(parser: argparse.ArgumentParser) -> None:
         metavar="[ADDR:]PORT",
         help="also serve the live browser view on this port (loopback unless ADDR is given)",
     )
-    _add_allow_control(parser)
+    _add_allow_control(parser, " (with --view)")
 
 
-def _add_allow_control(parser: argparse.ArgumentParser) -> None:
+def _add_allow_control(parser: argparse.ArgumentParser, needs: str = "") -> None:
     parser.add_argument(
         "--allow-control",
         action="store_true",
-        help="let the page pause, resume, seek, inject and clear faults and request spectra (off by "
+        help=f"let the page pause, resume, seek, inject and clear faults and request spectra{needs} (off by "
         "default: anyone who can reach the page's port could)",
     )
 
@@ -87,6 +90,19 @@ def connect_host(bind: str) -> str:
     return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(bind, bind)
 
 
+def bind_listen(listen: tuple[str, int], option: str = "--listen") -> socket.socket:
+    """The view's listening socket, bound before any other work (an error names ``option``: a port taken,
+    an address not of this machine)."""
+    host, port = listen
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        shown = f"[{host}]" if ":" in host else host
+        # socket.create_server adds " (while attempting to bind on address ('127.0.0.1', 8700))"
+        why = str(exc.strerror or exc).split(" (while attempting", 1)[0].lower()
+        raise OSError(f"{option} {shown}:{port}: {why}") from None
+
+
 async def start_view(
     host: str,
     port: int,
@@ -94,20 +110,22 @@ async def start_view(
     secret: bytes | None,
     allow_control: bool,
     timeout: float,
-    option: str = "--listen",
+    sock: socket.socket | None = None,
 ) -> ViewServer:
-    """A view of the server at ``host``:``port``, listening on ``listen`` (given as ``option``: an error
-    binding it names it); ImportError without the ``view`` extra."""
+    """A view of the server at ``host``:``port``, listening on ``listen``, on ``sock`` if bound already
+    (else bound first: :func:`bind_listen`); ImportError without the ``view`` extra."""
     from hil_server.view.server import ViewServer
 
-    view = await ViewServer.connect(host, port, secret=secret, allow_control=allow_control, timeout=timeout)
+    sock = sock or bind_listen(listen)
     try:
-        await view.listen(*listen)
-    except OSError as exc:
-        await view.stop()
-        # asyncio says "error while attempting to bind on address (...): address already in use"
-        why = str(exc.strerror or exc).rsplit(": ", 1)[-1]
-        raise OSError(f"{option} {listen[0]}:{listen[1]}: {why}") from None
+        view = await ViewServer.connect(
+            host, port, secret=secret, allow_control=allow_control, timeout=timeout
+        )
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        await view.listen(*listen, sock=sock)
     except BaseException:
         await view.stop()
         raise

@@ -179,9 +179,12 @@ class HilClient:
         except (ConnectionError, OSError):
             pass
         finally:
+            # why the server closed, if it said (a wrong secret: ERROR AUTH_FAILED, then BYE)
+            said = self.server_errors[-1].message if self.server_errors else ""
+            said = said or (self.bye.message if self.bye else "")
             for future in self.pending.values():
                 if not future.done():
-                    future.set_exception(ClientError("connection closed"))
+                    future.set_exception(ClientError(f"connection closed{': ' + said if said else ''}"))
             self.frames.put_nowait(None)
 
     def _dispatch(self, frame: p.Frame) -> None:

@@ -18,9 +18,11 @@ in the same browser).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import json
+import socket
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -43,6 +45,9 @@ log = structlog.get_logger(__name__)
 UPDATE_S = 0.1
 """The shortest time between two updates of one page (at most 10 a second, however fast the stream)."""
 CONTROL_TIMEOUT_S = 5.0
+FINAL_UPDATE_S = 1.0
+"""When the stream has ended, how long :meth:`ViewServer.stop` waits for the pages to be sent the update
+that says so (and the server's BYE) before it closes them."""
 CONTROLS_IN_FLIGHT = 8
 """Commands of one page waiting for their answer at most; more are refused by the view."""
 CONTROLS = frozenset(
@@ -118,6 +123,8 @@ class ViewServer:
         self.ended = asyncio.Event()
         """Set when the stream ended (the server's BYE or a lost connection)."""
         self._pages: set[asyncio.Event] = set()
+        self._no_pages = asyncio.Event()
+        self._no_pages.set()
         self._server: Server | None = None
         self._host = "127.0.0.1"
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -156,13 +163,15 @@ class ViewServer:
     def url(self) -> str:
         return url_of(self._host, self.port)
 
-    async def listen(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Serve the page on ``host``:``port`` (0: a free port) and start folding the stream."""
+    async def listen(self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None) -> None:
+        """Serve the page on ``host``:``port`` (0: a free port), or on ``sock`` already bound to them, and
+        start folding the stream."""
         self._host = host
         self._server = await serve(
             self._page,
-            host,
-            port,
+            None if sock else host,
+            None if sock else port,
+            sock=sock,
             process_request=self._http,
             compression=None,
             max_size=4096,
@@ -172,8 +181,12 @@ class ViewServer:
         log.info("view listening", url=self.url, stream=self.state.monitor.endpoint)
 
     async def stop(self) -> None:
-        """Close every page and say BYE upstream. Idempotent."""
+        """Close every page and say BYE upstream. Idempotent. When the stream has ended, each page is first
+        sent the update that says so (at most :data:`FINAL_UPDATE_S`)."""
         if self._server is not None:
+            if self.ended.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._no_pages.wait(), FINAL_UPDATE_S)
             self._server.close()
             await self._server.wait_closed()
         for task in list(self._tasks):
@@ -243,6 +256,7 @@ class ViewServer:
         wake = asyncio.Event()
         wake.set()
         self._pages.add(wake)
+        self._no_pages.clear()
         reader = self._spawn(self._page_input(ws, cursor, wake))
         try:
             await ws.send(json.dumps(self.state.hello_message(self.allow_control)))
@@ -252,11 +266,15 @@ class ViewServer:
                 update = self.state.update_message(cursor, self.wall())
                 update["ended"] = self.ended.is_set()
                 await ws.send(json.dumps(update, allow_nan=False))
+                if update["ended"]:
+                    break  # the last update: the page shows the stream ended (and the BYE)
                 await asyncio.sleep(UPDATE_S)
         except ConnectionClosed:
             pass
         finally:
             self._pages.discard(wake)
+            if not self._pages:
+                self._no_pages.set()
             reader.cancel()
 
     async def _page_input(self, ws: ServerConnection, cursor: PageCursor, wake: asyncio.Event) -> None:

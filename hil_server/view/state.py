@@ -173,6 +173,8 @@ class ViewState:
         """CELL_STATES frames received."""
         self.faults_version = 0
         self.spectra_version = 0
+        self.bye: str | None = None
+        """The server's BYE as the page says it: ``SHUTDOWN: server shutting down``."""
 
     @property
     def cell_count(self) -> int:
@@ -209,6 +211,9 @@ class ViewState:
                 self._add_point(msg)
             case p.FaultEvent():
                 self._fault(msg)
+            case p.Bye():
+                reason = enum_name(p.ErrorCode, msg.reason, "reason {value}")
+                self.bye = f"{reason}: {msg.message}" if msg.message else reason
             case _:
                 pass
 
@@ -314,7 +319,7 @@ class ViewState:
                 "history_stride": self.history.stride,
             },
             "sweeps": {str(c): list(v) for c, v in m.sweeps.items()},
-            "bye": m.bye,
+            "bye": self.bye,
         }
         if cursor.faults_version != self.faults_version:
             cursor.faults_version = self.faults_version

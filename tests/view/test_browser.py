@@ -96,15 +96,20 @@ async def drawn(page: Any) -> None:
     await expect(page.locator("#tsim")).not_to_have_text("-", timeout=WAIT_MS)
 
 
-async def last_states_when_paused(client: HilClient) -> p.CellStates:
+async def last_states_when_paused(
+    client: HilClient, spectra: dict[int, p.EisSpectrum] | None = None
+) -> p.CellStates:
     """Pause the stream and return the last CELL_STATES sent before it stopped: the frames up to the first
-    heartbeat that says PAUSED (every tick before the pause was sent before that heartbeat)."""
+    heartbeat that says PAUSED (every tick before the pause was sent before that heartbeat). ``spectra``
+    gets the latest EIS_SPECTRUM of each cell among those frames."""
     assert isinstance(await client.control(p.Control(p.ControlCommand.PAUSE)), p.Ack)
     last: p.CellStates | None = None
     while True:
         msg = (await client.next_frame(timeout=5)).message
         if isinstance(msg, p.CellStates):
             last = msg
+        elif isinstance(msg, p.EisSpectrum) and spectra is not None:
+            spectra[msg.cell] = msg
         elif isinstance(msg, p.Heartbeat) and msg.sim_state == p.SimState.PAUSED:
             assert last is not None
             return last
@@ -173,8 +178,13 @@ async def test_the_page_shows_the_stream(browser: Browser) -> None:
         assert await page.locator("#bode polyline").count() == 4
 
         # a cell's value on the page is the stream's value at that step
-        states = await last_states_when_paused(client)
+        spectra: dict[int, p.EisSpectrum] = {}
+        states = await last_states_when_paused(client, spectra)
         await expect(page.locator("#step")).to_have_text(str(states.step), timeout=WAIT_MS)
+        # the latest spectrum's KK figure, and the cell's V/I/T/SOC over time
+        kk = f"{float(spectra[3].kk_residual) * 100:.3f} %"
+        await expect(page.locator("#detail-kk")).to_have_text(kk, timeout=WAIT_MS)
+        await expect(page.locator("#history polyline.series")).to_have_count(4, timeout=WAIT_MS)
         record = states.records[states.records["cell"] == 3][0]
         assert await page.text_content("#detail-voltage") == f"{record['voltage_uV'] / 1e6:.4f} V"
         assert await page.text_content("#detail-temperature") == f"{record['temperature_mdegC'] / 1e3:.2f} C"
@@ -228,6 +238,13 @@ async def test_pause_pressed_on_the_page_pauses_the_stream(browser: Browser) -> 
         await page.click("#resume")
         await page.locator("#replies li.ack", has_text="resume").wait_for(timeout=WAIT_MS)
         assert sim_state(server) is p.SimState.RUNNING
+
+        # a bench runs for hours: the page keeps the answers to its last 20 commands
+        for _ in range(20):
+            await page.click("#seek")
+        await expect(page.locator("#replies li")).to_have_count(20, timeout=WAIT_MS)
+        ids = [await li.get_attribute("data-id") for li in await page.locator("#replies li").all()]
+        assert ids == [str(i) for i in range(24, 4, -1)]  # newest first; inject, pause, seek, resume gone
     assert browser.errors == []
 
 
@@ -370,3 +387,77 @@ async def test_the_view_passes_on_only_the_commands_it_offers() -> None:
         3: (True, "spectrum@0: ACK result=1"),
     }
     assert sim_state(server) is p.SimState.RUNNING
+
+
+# -- strings from the stream are text, never markup -------------------------------------------------------
+
+HTML = '<img src="x" class="injected">'
+
+
+async def _hostile_server(reader: Any, writer: Any) -> None:
+    """A server (or a replayed capture, or whatever answers on the port) whose strings are HTML: the
+    hello's names, a NAK's message and the BYE's message."""
+    import numpy as np
+
+    enc, dec = p.FrameEncoder(), p.FrameDecoder()
+    hello = p.ServerHello(
+        cell_count=3, step_period_us=100_000, scenario_id=HTML, model_id=HTML, server_version=HTML
+    )
+    writer.write(enc.encode(hello))
+    while data := await reader.read(65536):
+        dec.feed(data)
+        for frame in dec.events():
+            if not isinstance(frame, p.Frame) or frame.seq is None:
+                continue
+            msg = frame.message
+            if isinstance(msg, p.ClientHello):
+                writer.write(enc.encode(p.Ack(frame.seq, 0, p.PROTOCOL_VERSION)))
+            elif isinstance(msg, p.Subscribe):
+                writer.write(enc.encode(p.Ack(frame.seq, 0, 3)))
+                idx = np.arange(3)
+                states = p.CellStates.from_columns(
+                    0,
+                    time.time_ns() // 1000,
+                    1,
+                    cell=idx,
+                    voltage_uV=3_700_000 + idx,
+                    current_uA=0,
+                    temperature_mdegC=25_000,
+                    soc_ppm=500_000,
+                    soh_ppm=1_000_000,
+                )
+                writer.write(enc.encode(states))
+            elif isinstance(msg, p.Control):
+                writer.write(enc.encode(p.Nak(frame.seq, msg.command, p.ErrorCode.OUT_OF_RANGE, HTML)))
+                writer.write(enc.encode(p.Bye(p.ErrorCode.SHUTDOWN, HTML)))
+                await writer.drain()
+                writer.close()
+                return
+
+
+@pytest.mark.asyncio
+async def test_strings_from_the_stream_are_shown_as_text(browser: Browser) -> None:
+    from hil_server.transport.loopback import open_pipe
+
+    page = browser.page
+    reader, writer = await open_pipe(_hostile_server)
+    client = await HilClient.over(reader, writer, name="view")
+    await client.subscribe()
+    view = ViewServer(client, "hostile:7700", allow_control=True)
+    await view.listen("127.0.0.1", 0)
+    try:
+        await page.goto(view.url)
+        await expect(page.locator("#scenario")).to_have_text(f"scenario {HTML}", timeout=WAIT_MS)
+        await expect(page.locator("#heatmap .cell")).to_have_count(3, timeout=WAIT_MS)
+        await page.click("#pause")
+        await expect(page.locator("#replies li.nak")).to_have_text(
+            f"pause: NAK OUT_OF_RANGE: {HTML}", timeout=WAIT_MS
+        )
+        await expect(page.locator("#bye")).to_have_text(
+            f"The stream ended: SHUTDOWN: {HTML}", timeout=WAIT_MS
+        )
+        assert HTML in (await page.text_content("#endpoint") or "")
+        assert await page.locator("img, .injected").count() == 0  # text, not an element
+    finally:
+        await view.stop()
+    assert browser.errors == []

@@ -61,11 +61,34 @@ async def test_view_of_a_server_with_a_secret_ends_with_it() -> None:
         hello = await _hello(_port_of(line))
         assert hello["controls"] is False
         assert hello["endpoint"] == f"127.0.0.1:{server.port}"
+        async with connect(f"ws://127.0.0.1:{_port_of(line)}/ws") as page:
+            await page.recv()
+            await server.stop()
+            last = [json.loads(message) async for message in page][-1]  # until the view closes it
+        # the page is told the stream ended, and why, before the view goes
+        assert (last["ended"], last["bye"]) == (True, "SHUTDOWN: server shutting down")
     finally:
         await server.stop()
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
     assert "eis-hil view: the server closed the stream: server shutting down" in out.decode()
+
+
+@pytest.mark.asyncio
+async def test_view_with_a_wrong_secret_says_so_in_one_line() -> None:
+    server = await start_server(FAULTS, speed=1, secret=b"bench key")
+    port = server.port
+    try:
+        argv = ("view", "127.0.0.1", str(port), "--listen", "127.0.0.1:0", "--secret-env", "HIL_KEY")
+        proc = await spawn_cli(*argv, env={"HIL_KEY": "not the key"})
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        await server.stop()
+    assert proc.returncode == 2
+    assert out == b""
+    said = [line for line in err.decode().splitlines() if line.startswith("eis-hil view:")]
+    assert said == [f"eis-hil view: 127.0.0.1:{port}: connection closed: authentication failed"]
+    assert "Traceback" not in err.decode()
 
 
 def test_view_cannot_connect(capsys: pytest.CaptureFixture[str]) -> None:
@@ -86,6 +109,7 @@ def test_view_cannot_connect(capsys: pytest.CaptureFixture[str]) -> None:
         (["view", "127.0.0.1", "7700", "--listen", "host:"], "expected [ADDR:]PORT"),
         (["view", "127.0.0.1", "0"], "'0' is not a port (1..65535)"),
         (["serve", str(FAULTS), "--view", "x"], "expected [ADDR:]PORT"),
+        (["serve", str(FAULTS), "--view", "::1"], "an IPv6 address goes in brackets, e.g. [::1]:8700"),
     ],
 )
 def test_bad_options_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,16 +119,28 @@ def test_bad_options_are_one_line(argv: list[str], message: str, capsys: pytest.
     assert message in capsys.readouterr().err
 
 
-def test_serve_view_on_a_taken_port_stops_the_server(capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_allow_control_without_view_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", str(FAULTS), "--port", "0", "--allow-control"]) == 2
+    captured = capsys.readouterr()
+    assert "--allow-control is for the page of --view: give --view [ADDR:]PORT too" in captured.err
+    assert "eis-hil serving" not in captured.out
+
+
+def test_serve_view_on_a_taken_port_is_said_before_the_server_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = tmp_path / "session.eiscap"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         taken = s.getsockname()[1]
-        code = main(["serve", str(FAULTS), "--port", "0", "--view", str(taken)])
+        code = main(["serve", str(FAULTS), "--port", "0", "--view", str(taken), "--record", str(record)])
     assert code == 2
     captured = capsys.readouterr()
-    assert f"--view 127.0.0.1:{taken}:" in captured.out + captured.err
+    assert f"--view 127.0.0.1:{taken}: address already in use" in captured.out + captured.err
     assert "Traceback" not in captured.err
+    assert "eis-hil serving" not in captured.out
+    assert not record.exists()  # nothing was started, so nothing was recorded
 
 
 @pytest.mark.asyncio

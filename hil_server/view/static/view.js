@@ -5,6 +5,7 @@
 
 const SVGNS = "http://www.w3.org/2000/svg";
 const SPECTRA_KEPT = 5;
+const REPLIES_KEPT = 20; // the answers to this page's last commands, newest first
 const QUANTITIES = {
   voltage: { key: "voltage_uV", scale: 1e-6, unit: "V", digits: 4, cellDigits: 3, spread: [1e3, "mV", 1] },
   temperature: { key: "temperature_mdegC", scale: 1e-3, unit: "C", digits: 2, cellDigits: 1, spread: [1, "K", 2] },
@@ -611,7 +612,9 @@ function control(text) {
   const id = view.nextId++;
   const li = document.createElement("li");
   li.dataset.id = id;
-  $("replies").prepend(li);
+  const replies = $("replies");
+  replies.prepend(li);
+  while (replies.childElementCount > REPLIES_KEPT) replies.lastElementChild.remove(); // a bench runs for hours
   const sent = send({ type: "control", id, text });
   li.textContent = sent ? `${text}: sent` : `${text}: not sent (the view is disconnected)`;
   if (!sent) li.className = "nak";
