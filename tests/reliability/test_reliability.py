@@ -1026,6 +1026,8 @@ def _inputs(tmp: Path, recorded: Path) -> dict[str, str]:
         "profile,soc,temp_c,soh\nzhang2020,0.5,25,1\nzhang2020,0.5,-273.15,1\n"
     )
     (tmp / "exists.eiscap").write_bytes(b"x")
+    (tmp / "terahertz.txt").write_text("1000\n1e30\n")
+    (tmp / "nan_point.csv").write_text("profile,soc,temp_c,soh\nzhang2020,0.5,nan,1\n")
     return {
         "{US06}": str(US06),
         "{TMP}": str(tmp),
@@ -1060,6 +1062,13 @@ BAD_COMMAND_LINES: list[tuple[str, str, int, str]] = [
         "spectrum --points {zero_kelvin.csv}",
         2,
         "zero_kelvin.csv: operating point 2: temp_c -273.15: expected a number in [-40, 85]",
+    ),
+    ("points_nan", "spectrum --points {nan_point.csv}", 2, "nan_point.csv:2: temp_c=nan: expected a finite"),
+    (
+        "freqs_beyond_any_grid",
+        "spectrum --profile zhang2020 --soc .5 --temp-c 25 --soh 1 --freqs {terahertz.txt}",
+        2,
+        "terahertz.txt: frequency 1e+30: expected a number in [0.0001, 1000000] (as the scenario key eis.",
     ),
     ("train_epochs_0", "train --out {TMP}/m --epochs 0", 2, "--epochs 0: expected an integer >= 1"),
     ("train_epochs_negative", "train --out {TMP}/m --epochs -3", 2, "--epochs -3"),
@@ -1147,6 +1156,22 @@ def test_spectrum_rows_round_trip_and_carry_their_operating_point(tmp_path: Path
         ("0", "zhang2020", 0.5, 25.0, 0.9),
         ("1", "rashid2023", 0.3, 15.0, 1.0),
     }
+
+
+def test_spectrum_takes_one_range_for_the_option_and_the_rows_of_points(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--soh 1.1`` passed the option check ((0, 1.2], as cells.soh) and was then refused by a second,
+    stricter one ("soh=1.1 outside 0.0..1.0"); a row of ``--points`` had that range and the option's
+    too. Now both take what a scenario's cells.soh takes, and give the same spectrum."""
+    from hil_server.cli import main
+
+    (tmp_path / "points.csv").write_text("profile,soc,temp_c,soh\nzhang2020,0.5,25,1.1\n")
+    assert main(["spectrum", "--points", str(tmp_path / "points.csv")]) == 0
+    from_file = capsys.readouterr().out
+    assert main(["spectrum", "--profile", "zhang2020", "--soc", "0.5", "--temp-c", "25", "--soh", "1.1"]) == 0
+    assert capsys.readouterr().out == from_file
+    assert from_file.count("\n") > 10
 
 
 def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(
