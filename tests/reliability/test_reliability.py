@@ -1010,6 +1010,34 @@ def test_a_flipped_bit_costs_one_record_and_every_command_says_so(
     assert "capture damaged" in capsys.readouterr().err
 
 
+def test_a_zeroed_block_is_counted_as_at_least_the_records_recognised(
+    tmp_path: Path, recorded: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """4 KiB zeroed in the middle of a capture (a bad sector, a torn page after an OS crash) held dozens of
+    records, but the span was reported as "1 record(s) lost": nothing in zeros can be counted. The count
+    is now a lower bound, said so, wherever the recognised records do not fill the span."""
+    from hil_server.capture.format import open_capture, scan_records
+    from hil_server.cli import main
+
+    total = sum(1 for _ in scan_records(open_capture(recorded)))
+    data = bytearray(recorded.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = bytes(4096)
+    damaged = tmp_path / "zeroed.eiscap"
+    damaged.write_bytes(bytes(data))
+    capture = open_capture(damaged)
+    intact = sum(1 for _ in scan_records(capture))
+    (span,) = capture.damage
+    assert total - intact > 10  # what the zeros cost
+    assert not span.exact
+    capsys.readouterr()
+    assert main(["capture", "check", str(damaged)]) == 1
+    out = capsys.readouterr().out
+    assert f"{intact} intact records; 1 damaged span(s), at least 1 record(s) lost" in out, out
+    assert main(["export", str(damaged), "--out", str(tmp_path / "x"), "--csv-only"]) == 1
+    assert "capture damaged: at least 1 record(s) lost in 1 span(s)" in capsys.readouterr().err
+
+
 # -- bad input on the command line (issue 16) ----------------------------------------------------------
 
 
