@@ -1010,6 +1010,28 @@ def test_a_flipped_bit_costs_one_record_and_every_command_says_so(
     assert "capture damaged" in capsys.readouterr().err
 
 
+def test_decode_reads_a_capture_file_as_its_frames(
+    tmp_path: Path, recorded: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``eis-hil decode session.eiscap`` reported the capture's header and every record header as GARBAGE
+    (exit 1) though nothing was wrong. A capture is now decoded as the frames of its records (exit 0);
+    one whose header is damaged falls back to its raw bytes, where the frames still are."""
+    from hil_server.capture.format import iter_records, open_capture
+    from hil_server.cli import main
+
+    frames = list(iter_records(open_capture(recorded)))
+    capsys.readouterr()
+    assert main(["decode", str(recorded)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(frames)} frames, 0 errors" in out.splitlines()[-1]
+    data = bytearray(recorded.read_bytes())
+    data[12] ^= 1  # the header's flags: header CRC mismatch
+    bad = tmp_path / "bad_header.eiscap"
+    bad.write_bytes(bytes(data))
+    assert main(["decode", str(bad)]) == 1
+    assert f"{len(frames)} frames" in capsys.readouterr().out
+
+
 def test_a_zeroed_block_is_counted_as_at_least_the_records_recognised(
     tmp_path: Path, recorded: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1123,6 +1145,8 @@ BAD_COMMAND_LINES: list[tuple[str, str, int, str]] = [
         "latin1.txt:3: not UTF-8 text (byte 0xb0",
     ),
     ("csv_not_utf8", "convert {latin1.csv} {TMP}/o.csv", 2, "latin1.csv:3: not UTF-8 text (byte 0xb0"),
+    ("convert_a_directory", "convert {TMP} {TMP}/o.csv", 2, ": is a directory, expected a file"),
+    ("calibrate_a_directory", "calibrate --profile zhang2020 --spectra {TMP} --name c", 2, "is a directory"),
     (
         "csv_semicolons",
         "convert {semicolon.csv} {TMP}/o.csv",
