@@ -1487,3 +1487,29 @@ def test_soak_60_seconds_loses_nothing(tmp_path: Path) -> None:
     assert result["crc_errors"] == 0
     assert result["server_alive"] is True
     assert all(c["frames"] > 0 for c in result["clients"])
+
+
+def test_tensorflow_commands_silence_native_chatter_but_not_python(tmp_path: Path) -> None:
+    """Issue 16: ``calibrate``, ``evaluate``, ``export-tflite`` printed TensorFlow's C++ start-up lines
+    ("failed call to cuInit: UNKNOWN ERROR"), which read like a failure. TF_CPP_MIN_LOG_LEVEL does not
+    silence them in TensorFlow 2.21 (they precede its logging set-up), so ``main`` points the descriptor
+    at /dev/null for those commands, keeping Python's stderr (logs, warnings, the one-line errors)."""
+    code = (
+        "import os, sys\n"
+        "from hil_server.cli import _native_stderr_silenced\n"
+        "with _native_stderr_silenced():\n"
+        "    os.write(2, b'native chatter\\n')\n"
+        "    sys.stderr.write('python line\\n')\n"
+        "os.write(2, b'after\\n')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "python line\nafter\n"
