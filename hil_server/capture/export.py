@@ -31,7 +31,14 @@ import numpy.typing as npt
 import structlog
 
 import protocol as p
-from hil_server.capture.format import RECORD_OVERHEAD, Capture, DamagedSpan, iter_records, open_capture
+from hil_server.capture.format import (
+    RECORD_OVERHEAD,
+    Capture,
+    DamagedSpan,
+    iter_records,
+    lost_count,
+    open_capture,
+)
 from hil_server.client.text import cell_ranges, enum_name
 
 log = structlog.get_logger(__name__)
@@ -100,7 +107,7 @@ def warnings_suffix(undecodable: int, truncated_bytes: int, damage: Sequence[Dam
     and the bytes a truncated capture left out."""
     text = ""
     if damage:
-        lost = sum(span.records_lost for span in damage)
+        lost = lost_count(damage)
         text += (
             f"; WARNING: capture damaged, {lost} record(s) lost in {len(damage)} span(s) from offset "
             f"{damage[0].offset} (eis-hil capture check lists them)"

@@ -31,7 +31,7 @@ import json
 import os
 import struct
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -288,13 +288,22 @@ class DamagedSpan:
     """Why the record at ``offset`` is not valid (CRC mismatch, impossible length, cut off)."""
     tail: bool = False
     """The span is a torn tail: the last record was cut short (a crash while writing), nothing follows."""
+    exact: bool = True
+    """``records_lost`` is exact: the records counted fill the span, each ending where the next begins.
+    False when part of the span is unrecognisable (e.g. zeroed): it may have held more records."""
 
     def describe(self) -> str:
         where = "torn tail" if self.tail else "damaged span"
         return (
-            f"{where} at offset {self.offset}: {self.nbytes} bytes, {self.records_lost} record(s) lost "
+            f"{where} at offset {self.offset}: {self.nbytes} bytes, {lost_count([self])} record(s) lost "
             f"({self.reason})"
         )
+
+
+def lost_count(spans: Sequence[DamagedSpan]) -> str:
+    """The records ``spans`` lost, as text: ``3``, or ``at least 3`` when a span's count is a lower bound."""
+    total = sum(span.records_lost for span in spans)
+    return str(total) if all(span.exact for span in spans) else f"at least {total}"
 
 
 @dataclasses.dataclass
@@ -336,8 +345,8 @@ class Capture:
         more = f"; and {len(self.damage) - 3} more span(s)" if len(self.damage) > 3 else ""
         total = sum(span.nbytes for span in self.damage)
         return (
-            f"{self.path}: {len(self.damage)} damaged span(s), {total} bytes, {self.records_lost} record(s) "
-            f"lost: {shown}{more}"
+            f"{self.path}: {len(self.damage)} damaged span(s), {total} bytes, "
+            f"{lost_count(self.damage)} record(s) lost: {shown}{more}"
         )
 
 
@@ -477,11 +486,30 @@ def _resync(fd: int, start: int, end: int) -> RawRecord | None:
     return None
 
 
-def _count_lost(fd: int, start: int, stop: int) -> int:
+def _ends_at(fd: int, at: int, end: int, *, tail: bool) -> bool:
+    """Whether the record at ``at`` ends at ``end`` by its record length or by its frame header's payload
+    length (one of the two may be the damaged field); at a torn tail, whether it runs past ``end``."""
+    head = os.pread(fd, RECORD_HEADER.size + 8, at)
+    ends = []
+    if len(head) >= _U32.size:
+        ends.append(at + RECORD_OVERHEAD + _U32.unpack_from(head)[0])
+    if len(head) == RECORD_HEADER.size + 8:
+        ends.append(at + RECORD_OVERHEAD + FRAME_OVERHEAD + int.from_bytes(head[22:24], "little"))
+    return any(e == end or (tail and e > end) for e in ends)
+
+
+def _count_lost(fd: int, start: int, stop: int, *, tail: bool) -> tuple[int, bool]:
     """Records a damaged span held: FRAME record starts whose record and frame headers agree, plus the
-    record at ``start`` if its own headers were hit (a span starts where a record was expected)."""
+    record at ``start`` if its own headers were hit (a span starts where a record was expected); and
+    whether that count is exact (the records counted fill the span, ``_ends_at``)."""
     starts = [at for at in _frame_record_starts(fd, start, stop) if at < stop]
-    return len(starts) + (not starts or starts[0] != start)
+    first = [] if starts and starts[0] == start else [start]
+    records = [*first, *starts]
+    bounds = [*records[1:], stop]
+    exact = all(
+        _ends_at(fd, at, end, tail=tail and end == stop) for at, end in zip(records, bounds, strict=True)
+    )
+    return len(records), exact
 
 
 def scan_records(capture: Capture) -> Iterator[RawRecord]:
@@ -511,9 +539,9 @@ def scan_records(capture: Capture) -> Iterator[RawRecord]:
                 continue
             found = _resync(fd, offset + 1, end)
             stop = end if found is None else found.offset
-            span = DamagedSpan(
-                offset, stop - offset, _count_lost(fd, offset, stop), reason, tail=found is None and cut
-            )
+            tail = found is None and cut
+            lost, exact = _count_lost(fd, offset, stop, tail=tail)
+            span = DamagedSpan(offset, stop - offset, lost, reason, tail=tail, exact=exact)
             capture.damage.append(span)
             if span.tail:
                 capture.truncated_bytes = span.nbytes
@@ -523,7 +551,7 @@ def scan_records(capture: Capture) -> Iterator[RawRecord]:
                 path=str(path),
                 offset=offset,
                 skipped_bytes=span.nbytes,
-                records_lost=span.records_lost,
+                records_lost=lost_count([span]),
                 reason=reason,
             )
             if found is None:
@@ -586,6 +614,7 @@ __all__ = [
     "Record",
     "hello_meta",
     "iter_records",
+    "lost_count",
     "open_capture",
     "scan_records",
 ]

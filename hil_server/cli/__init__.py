@@ -26,9 +26,10 @@ To add a command: write the module, then add one line to ``COMMANDS`` (the help 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -141,6 +142,42 @@ def _fail(command: str | None, message: str) -> None:
     sys.stderr.flush()
 
 
+TENSORFLOW_COMMANDS = frozenset({"train", "evaluate", "calibrate", "export-tflite"})
+"""Commands that import TensorFlow: ``main`` runs them with native stderr silenced (``--debug``: not)."""
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null and ``sys.stderr`` at a copy of the old one: what Python writes
+    (logs, warnings, our one-line errors) is shown, what native code writes straight to the descriptor is
+    not. TensorFlow's C++ start-up and converter lines ("Could not find cuda drivers", "oneDNN custom
+    operations are on", MLIR's "fully_quantize: 0, ...") are written before its logging is set up, so
+    TF_CPP_MIN_LOG_LEVEL does not silence them (TensorFlow 2.21); ``--debug`` shows them."""
+    import os
+    import warnings
+
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield  # not a real file (a test's capture)
+        return
+    warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    old = sys.stderr
+    sys.stderr = os.fdopen(saved, "w", buffering=1, encoding=old.encoding, errors="backslashreplace")
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, fd)
+        sys.stderr.close()
+        sys.stderr = old
+
+
 def _quiet_stdout() -> None:
     """After a broken pipe (``eis-hil spectrum | head``): point stdout at /dev/null, so the interpreter's
     flush at exit does not fail a second time."""
@@ -172,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    quiet = command in TENSORFLOW_COMMANDS and not debug
     try:
-        return _run(words, command)
+        with _native_stderr_silenced() if quiet else contextlib.nullcontext():
+            return _run(words, command)
     except Terminated:
         if debug:
             raise

@@ -20,7 +20,14 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from hil_server.scenario._loader import CELL_TEMP_RANGE, MAX_CELLS, MAX_SEED, SOC_RANGE, SOH_RANGE
+from hil_server.scenario._loader import (
+    CELL_TEMP_RANGE,
+    FREQ_RANGE,
+    MAX_CELLS,
+    MAX_SEED,
+    SOC_RANGE,
+    SOH_RANGE,
+)
 from hil_server.scenario._reader import Range
 
 
@@ -52,6 +59,9 @@ class Limit:
     source: str = ""
     """Where the same limit applies too (a scenario key, a CONTROL), for the message."""
 
+
+FREQUENCY = Limit(FREQ_RANGE, "as the scenario key eis.frequencies_hz")
+"""A frequency in Hz (``spectrum --freqs``)."""
 
 ANY = "*"
 LIMITS: dict[str, dict[str, Limit]] = {

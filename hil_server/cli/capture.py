@@ -15,7 +15,7 @@ from pathlib import Path
 
 import structlog
 
-from hil_server.capture.format import CaptureError, open_capture, scan_records
+from hil_server.capture.format import CaptureError, lost_count, open_capture, scan_records
 from hil_server.cli._common import write
 
 log = structlog.get_logger(__name__)
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     size = path.stat().st_size
     damage = capture.damage
-    state = f"{len(damage)} damaged span(s), {capture.records_lost} record(s) lost" if damage else "intact"
+    state = f"{len(damage)} damaged span(s), {lost_count(damage)} record(s) lost" if damage else "intact"
     write(f"{path}: {size} bytes, {records} intact records; {state}\n")
     for span in damage:
         write(f"  {span.describe()}\n")

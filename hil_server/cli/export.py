@@ -13,7 +13,7 @@ from pathlib import Path
 
 import structlog
 
-from hil_server.capture.format import CaptureError, DamagedSpan, open_capture
+from hil_server.capture.format import CaptureError, DamagedSpan, lost_count, open_capture
 from hil_server.cli._checks import DIRECTORY, FILE, check_output
 from hil_server.cli._common import Progress, cell_index, write
 
@@ -85,7 +85,7 @@ def _export(args: argparse.Namespace) -> list[DamagedSpan]:
 
 def damage_error(command: str, file: str, damage: list[DamagedSpan]) -> str:
     """The one line of a command that met damage in a capture and was not told ``--salvage``."""
-    lost = sum(span.records_lost for span in damage)
+    lost = lost_count(damage)
     return (
         f"{file}: capture damaged: {lost} record(s) lost in {len(damage)} span(s), the first at offset "
         f"{damage[0].offset} ({damage[0].reason}); {command} used every intact record; "

@@ -137,13 +137,12 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 def cmd_spectrum(args: argparse.Namespace) -> int:
 
-    from hil_server.cli._checks import check_fields
+    from hil_server.cli._checks import FREQUENCY, check_fields, check_value
     from hil_server.model.profiles import resolve
     from hil_server.model.runtime import NumpyPinn
     from hil_server.model.spectra_io import (
         InputError,
         OperatingPoint,
-        check_point,
         read_freqs,
         read_points,
         write_spectra,
@@ -163,11 +162,14 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
         else:
             if None in (args.profile, args.soc, args.temp_c, args.soh):
                 raise InputError("give --points FILE, or all of --profile --soc --temp-c --soh")
-            points = [OperatingPoint(args.profile, args.soc, args.temp_c, args.soh)]
-            check_point(points[0], "command line")
+            points = [OperatingPoint(args.profile, args.soc, args.temp_c, args.soh)]  # main checked them
         resolved = [resolve(p.profile, meta) for p in points]
         if args.freqs:
             freqs = read_freqs(Path(args.freqs))
+            for f in freqs:
+                problem = check_value("frequency", float(f), FREQUENCY)
+                if problem:
+                    raise InputError(f"{args.freqs}: {problem}")
         else:
             bases = {r.base for r in resolved}
             if len(bases) > 1:
@@ -363,8 +365,8 @@ def add_spectrum_arguments(spec: argparse.ArgumentParser) -> None:
     model_arg(spec)
     spec.add_argument("--profile")
     spec.add_argument("--soc", type=float, help="state of charge, 0..1")
-    spec.add_argument("--temp-c", type=float, help="cell temperature in degrees C")
-    spec.add_argument("--soh", type=float, help="state of health, 0..1")
+    spec.add_argument("--temp-c", type=float, help="cell temperature in degrees C, -40..85")
+    spec.add_argument("--soh", type=float, help="state of health, above 0 up to 1.2 (as cells.soh)")
     spec.add_argument("--points", help="CSV with columns profile,soc,temp_c,soh (one spectrum per row)")
     spec.add_argument("--freqs", help="file with one frequency in Hz per line (default: the profile's grid)")
     spec.add_argument("--out", help="output CSV (default: stdout)")

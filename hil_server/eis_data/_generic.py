@@ -20,7 +20,7 @@ import numpy as np
 import structlog
 
 from ._schema import EisDataError, Spectrum, SpectrumSet
-from .textfile import TextFileError, read_text
+from .textfile import TextFileError, not_a_file, read_text
 
 REQUIRED_COLUMNS = ("spectrum_id", "soc", "temp_c", "soh", "freq_hz", "z_re_ohm", "z_im_ohm")
 OPTIONAL_COLUMNS = ("cell_id", "source")
@@ -84,8 +84,9 @@ def read_generic_csv(
     """
     file = Path(path)
     where = str(file)
-    if not file.is_file():
-        raise EisDataError("file not found", path=where)
+    problem = not_a_file(file)
+    if problem:
+        raise EisDataError(problem, path=where)
     pending: dict[str, _Pending] = {}
     try:
         text = read_text(file)

@@ -27,6 +27,7 @@ import structlog
 
 from ._generic import read_generic_csv
 from ._schema import EisDataError, Spectrum, SpectrumSet
+from .textfile import not_a_file
 
 _log = structlog.get_logger(__name__)
 
@@ -141,8 +142,9 @@ def read_instrument_file(path: str | os.PathLike[str], vendor: str | None = None
     """The one spectrum of an instrument file (format detected unless ``vendor`` is given)."""
     file = Path(path)
     where = str(file)
-    if not file.is_file():
-        raise EisDataError("file not found", path=where)
+    problem = not_a_file(file)
+    if problem:
+        raise EisDataError(problem, path=where)
     vendor = vendor or detect_format(file)
     if vendor == GENERIC:
         raise EisDataError("this is a generic eis-hil CSV, not an instrument file", path=where)
@@ -348,8 +350,9 @@ def read_spectra_file(
     """Spectra of any supported file: our generic CSV (its own labels) or one instrument file labelled with
     ``point`` over its sidecar. Raises EisDataError (one line, with file and line where known)."""
     file = Path(path)
-    if not file.is_file():
-        raise EisDataError("file not found", path=str(file))
+    problem = not_a_file(file)
+    if problem:
+        raise EisDataError(problem, path=str(file))
     fmt = detect_format(file)
     if fmt == GENERIC:
         return read_generic_csv(file, source=source, profile=profile)

@@ -48,6 +48,16 @@ def _binary(data: bytes, at: int, path: str) -> TextFileError:
     return TextFileError(path, line, f"binary data, not text (a NUL byte at offset {at})")
 
 
+def not_a_file(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be read as an input file (missing, a directory, something else), or None."""
+    file = Path(path)
+    if file.is_file():
+        return None
+    if file.is_dir():
+        return "is a directory, expected a file"
+    return "file not found" if not file.exists() else "not a regular file"
+
+
 def read_text(path: str | os.PathLike[str], limit: int = MAX_TEXT_BYTES) -> str:
     """The text of ``path``; TextFileError if it is missing, unreadable, larger than ``limit`` or not
     UTF-8 text."""
@@ -66,4 +76,4 @@ def read_text(path: str | os.PathLike[str], limit: int = MAX_TEXT_BYTES) -> str:
     return decode_text(data, where)
 
 
-__all__ = ["MAX_TEXT_BYTES", "TextFileError", "decode_text", "read_text"]
+__all__ = ["MAX_TEXT_BYTES", "TextFileError", "decode_text", "not_a_file", "read_text"]

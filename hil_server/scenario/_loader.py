@@ -73,6 +73,8 @@ TEMP_RANGE = Range(-60, 100)
 CELL_TEMP_RANGE = Range(-40, 85)
 SOC_RANGE = Range(0, 1)
 SOH_RANGE = Range(0, 1.2, lo_open=True)
+FREQ_RANGE = Range(1e-4, 1e6)
+"""Frequencies in Hz an EIS grid may hold (``eis.frequencies``, ``eis.frequencies_hz``)."""
 POS = Range(0, lo_open=True)
 NONNEG = Range(0)
 
@@ -345,7 +347,7 @@ class _Builder:
 
     def _frequencies(self, eis_node: yaml.Node | None, m: dict[str, yaml.Node]) -> tuple[float, ...] | None:
         r = self.r
-        band = Range(1e-4, 1e6)
+        band = FREQ_RANGE
         if "frequencies" in m and "frequencies_hz" in m:
             r.error(
                 m["frequencies_hz"],

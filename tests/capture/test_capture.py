@@ -263,6 +263,7 @@ def test_every_bit_flip_loses_exactly_the_record_it_hits(tmp_path: Path) -> None
             span = capture.damage[0]
             assert span.offset == offsets[hit], where
             assert span.records_lost == 1, where
+            assert span.exact, where
             if hit < len(offsets) - 1:
                 assert span.nbytes == bounds[hit + 1] - offsets[hit], where
                 assert not span.tail, where

@@ -81,7 +81,10 @@ def test_spectrum_batch_with_frequencies(trained_model: Path, tmp_path: Path) ->
     [
         ("profile,soc,temp_c\nzhang2020,0.5,25\n", "missing column(s) soh"),
         ("profile,soc,temp_c,soh\nzhang2020,half,25,1\n", ":2: column 'soc': expected a number"),
-        ("profile,soc,temp_c,soh\nzhang2020,0.5,25,1\nzhang2020,1.5,25,1\n", ":3: soc=1.5 outside 0.0..1.0"),
+        (
+            "profile,soc,temp_c,soh\nzhang2020,0.5,25,1\nzhang2020,1.5,25,1\n",
+            ": operating point 2: soc 1.5: expected a number in [0, 1]",
+        ),
         ("profile,soc,temp_c,soh\nnosuch,0.5,25,1\n", "unknown profile 'nosuch'"),
     ],
 )

@@ -1010,6 +1010,56 @@ def test_a_flipped_bit_costs_one_record_and_every_command_says_so(
     assert "capture damaged" in capsys.readouterr().err
 
 
+def test_decode_reads_a_capture_file_as_its_frames(
+    tmp_path: Path, recorded: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``eis-hil decode session.eiscap`` reported the capture's header and every record header as GARBAGE
+    (exit 1) though nothing was wrong. A capture is now decoded as the frames of its records (exit 0);
+    one whose header is damaged falls back to its raw bytes, where the frames still are."""
+    from hil_server.capture.format import iter_records, open_capture
+    from hil_server.cli import main
+
+    frames = list(iter_records(open_capture(recorded)))
+    capsys.readouterr()
+    assert main(["decode", str(recorded)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(frames)} frames, 0 errors" in out.splitlines()[-1]
+    data = bytearray(recorded.read_bytes())
+    data[12] ^= 1  # the header's flags: header CRC mismatch
+    bad = tmp_path / "bad_header.eiscap"
+    bad.write_bytes(bytes(data))
+    assert main(["decode", str(bad)]) == 1
+    assert f"{len(frames)} frames" in capsys.readouterr().out
+
+
+def test_a_zeroed_block_is_counted_as_at_least_the_records_recognised(
+    tmp_path: Path, recorded: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """4 KiB zeroed in the middle of a capture (a bad sector, a torn page after an OS crash) held dozens of
+    records, but the span was reported as "1 record(s) lost": nothing in zeros can be counted. The count
+    is now a lower bound, said so, wherever the recognised records do not fill the span."""
+    from hil_server.capture.format import open_capture, scan_records
+    from hil_server.cli import main
+
+    total = sum(1 for _ in scan_records(open_capture(recorded)))
+    data = bytearray(recorded.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = bytes(4096)
+    damaged = tmp_path / "zeroed.eiscap"
+    damaged.write_bytes(bytes(data))
+    capture = open_capture(damaged)
+    intact = sum(1 for _ in scan_records(capture))
+    (span,) = capture.damage
+    assert total - intact > 10  # what the zeros cost
+    assert not span.exact
+    capsys.readouterr()
+    assert main(["capture", "check", str(damaged)]) == 1
+    out = capsys.readouterr().out
+    assert f"{intact} intact records; 1 damaged span(s), at least 1 record(s) lost" in out, out
+    assert main(["export", str(damaged), "--out", str(tmp_path / "x"), "--csv-only"]) == 1
+    assert "capture damaged: at least 1 record(s) lost in 1 span(s)" in capsys.readouterr().err
+
+
 # -- bad input on the command line (issue 16) ----------------------------------------------------------
 
 
@@ -1026,6 +1076,8 @@ def _inputs(tmp: Path, recorded: Path) -> dict[str, str]:
         "profile,soc,temp_c,soh\nzhang2020,0.5,25,1\nzhang2020,0.5,-273.15,1\n"
     )
     (tmp / "exists.eiscap").write_bytes(b"x")
+    (tmp / "terahertz.txt").write_text("1000\n1e30\n")
+    (tmp / "nan_point.csv").write_text("profile,soc,temp_c,soh\nzhang2020,0.5,nan,1\n")
     return {
         "{US06}": str(US06),
         "{TMP}": str(tmp),
@@ -1061,6 +1113,13 @@ BAD_COMMAND_LINES: list[tuple[str, str, int, str]] = [
         2,
         "zero_kelvin.csv: operating point 2: temp_c -273.15: expected a number in [-40, 85]",
     ),
+    ("points_nan", "spectrum --points {nan_point.csv}", 2, "nan_point.csv:2: temp_c=nan: expected a finite"),
+    (
+        "freqs_beyond_any_grid",
+        "spectrum --profile zhang2020 --soc .5 --temp-c 25 --soh 1 --freqs {terahertz.txt}",
+        2,
+        "terahertz.txt: frequency 1e+30: expected a number in [0.0001, 1000000] (as the scenario key eis.",
+    ),
     ("train_epochs_0", "train --out {TMP}/m --epochs 0", 2, "--epochs 0: expected an integer >= 1"),
     ("train_epochs_negative", "train --out {TMP}/m --epochs -3", 2, "--epochs -3"),
     ("client_port", "client 127.0.0.1 70000", 2, "PORT 70000: expected an integer in [1, 65535]"),
@@ -1086,6 +1145,8 @@ BAD_COMMAND_LINES: list[tuple[str, str, int, str]] = [
         "latin1.txt:3: not UTF-8 text (byte 0xb0",
     ),
     ("csv_not_utf8", "convert {latin1.csv} {TMP}/o.csv", 2, "latin1.csv:3: not UTF-8 text (byte 0xb0"),
+    ("convert_a_directory", "convert {TMP} {TMP}/o.csv", 2, ": is a directory, expected a file"),
+    ("calibrate_a_directory", "calibrate --profile zhang2020 --spectra {TMP} --name c", 2, "is a directory"),
     (
         "csv_semicolons",
         "convert {semicolon.csv} {TMP}/o.csv",
@@ -1147,6 +1208,22 @@ def test_spectrum_rows_round_trip_and_carry_their_operating_point(tmp_path: Path
         ("0", "zhang2020", 0.5, 25.0, 0.9),
         ("1", "rashid2023", 0.3, 15.0, 1.0),
     }
+
+
+def test_spectrum_takes_one_range_for_the_option_and_the_rows_of_points(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--soh 1.1`` passed the option check ((0, 1.2], as cells.soh) and was then refused by a second,
+    stricter one ("soh=1.1 outside 0.0..1.0"); a row of ``--points`` had that range and the option's
+    too. Now both take what a scenario's cells.soh takes, and give the same spectrum."""
+    from hil_server.cli import main
+
+    (tmp_path / "points.csv").write_text("profile,soc,temp_c,soh\nzhang2020,0.5,25,1.1\n")
+    assert main(["spectrum", "--points", str(tmp_path / "points.csv")]) == 0
+    from_file = capsys.readouterr().out
+    assert main(["spectrum", "--profile", "zhang2020", "--soc", "0.5", "--temp-c", "25", "--soh", "1.1"]) == 0
+    assert capsys.readouterr().out == from_file
+    assert from_file.count("\n") > 10
 
 
 def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(
@@ -1410,3 +1487,29 @@ def test_soak_60_seconds_loses_nothing(tmp_path: Path) -> None:
     assert result["crc_errors"] == 0
     assert result["server_alive"] is True
     assert all(c["frames"] > 0 for c in result["clients"])
+
+
+def test_tensorflow_commands_silence_native_chatter_but_not_python(tmp_path: Path) -> None:
+    """Issue 16: ``calibrate``, ``evaluate``, ``export-tflite`` printed TensorFlow's C++ start-up lines
+    ("failed call to cuInit: UNKNOWN ERROR"), which read like a failure. TF_CPP_MIN_LOG_LEVEL does not
+    silence them in TensorFlow 2.21 (they precede its logging set-up), so ``main`` points the descriptor
+    at /dev/null for those commands, keeping Python's stderr (logs, warnings, the one-line errors)."""
+    code = (
+        "import os, sys\n"
+        "from hil_server.cli import _native_stderr_silenced\n"
+        "with _native_stderr_silenced():\n"
+        "    os.write(2, b'native chatter\\n')\n"
+        "    sys.stderr.write('python line\\n')\n"
+        "os.write(2, b'after\\n')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "python line\nafter\n"
