@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import numpy as np
 from hypothesis import given
@@ -82,3 +84,11 @@ def test_every_hello_is_bounded_and_keeps_what_fits(
     assert dataclasses.replace(sent, server_version="", model_id="", scenario_id="") == dataclasses.replace(
         hello, server_version="", model_id="", scenario_id="", freq_hz=sent.freq_hz
     )
+
+
+def test_the_bound_is_the_same_in_spec_md_and_the_c_client() -> None:
+    root = Path(__file__).resolve().parents[2]
+    spec = (root / "protocol" / "SPEC.md").read_text(encoding="utf-8")
+    assert f"payload exceeds **{p.HELLO_PAYLOAD_MAX} bytes** (`HELLO_PAYLOAD_MAX`" in spec
+    header = (root / "firmware_stub" / "hil_client.h").read_text(encoding="utf-8")
+    assert re.search(rf"^#define HIL_HELLO_PAYLOAD_MAX {p.HELLO_PAYLOAD_MAX} ", header, flags=re.M)
