@@ -109,6 +109,29 @@ def check_function(fname: str, msg_type: str, fields: dict[str, Any], statics: l
     return "\n".join(out)
 
 
+def crc16_ccitt_false(data: bytes) -> int:
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+    return crc
+
+
+def payload_needed(data: bytes, protocol_max: int) -> int:
+    """The largest ``payload_len`` (up to the protocol maximum) of any intact header in ``data``: a receiver
+    built for less would report that candidate OVERSIZED instead of the vector's outcome."""
+    need = 0
+    for i in range(len(data) - 13):
+        if data[i : i + 2] == b"\xe1\x5a" and crc16_ccitt_false(data[i : i + 12]) == int.from_bytes(
+            data[i + 12 : i + 14], "little"
+        ):
+            length = int.from_bytes(data[i + 6 : i + 8], "little")
+            if length <= protocol_max:
+                need = max(need, length)
+    return need
+
+
 def expect_row(event: dict[str, Any], check: str) -> str:
     if "frame" in event:
         f = event["frame"]
@@ -147,21 +170,26 @@ def generate(doc: dict[str, Any]) -> str:
                 if vec["name"] == "client_hello":
                     auth = event["frame"]["fields"]["auth_response"]
             expects.append(expect_row(event, check))
+        need = payload_needed(data, doc["max_payload_size"])
         parts.append(f"/* {vec['name']}: {vec['description']} */")
+        parts.append(f"#if HIL_MAX_PAYLOAD >= {need} /* its largest intact header announces {need} bytes */")
         if data:
             parts.append(f"static const uint8_t v{i}_bytes[] = {c_bytes(data)};")
         parts += statics + funcs
         if expects:
             parts.append(f"static const expect_t v{i}_expect[] = {{\n" + "\n".join(expects) + "\n};")
+        parts.append("#endif")
         rows.append(
+            f"#if HIL_MAX_PAYLOAD >= {need}\n"
             f'    {{"{vec["name"]}", {int(vec["valid"])}, {f"v{i}_bytes" if data else "NULL"}, {len(data)}u, '
-            f"{f'v{i}_expect' if expects else 'NULL'}, {len(expects)}u}},"
+            f"{f'v{i}_expect' if expects else 'NULL'}, {len(expects)}u}},\n#endif"
         )
     if auth is None:
         raise SystemExit("no client_hello vector: the auth test needs its auth_response")
     parts.append(f"static const uint8_t CLIENT_HELLO_AUTH_RESPONSE[32] = {c_bytes(bytes.fromhex(auth))};")
     parts.append("static const vector_t VECTORS[] = {\n" + "\n".join(rows) + "\n};")
     parts.append("#define N_VECTORS (sizeof VECTORS / sizeof VECTORS[0])")
+    parts.append(f"#define N_VECTORS_GENERATED {len(doc['vectors'])}u /* with HIL_MAX_PAYLOAD 4096 */")
     return "\n\n".join(parts) + "\n"
 
 

@@ -29,7 +29,9 @@ extern "C" {
 
 /* Largest payload this receiver accepts (bytes). A frame announcing more is reported as HIL_EV_OVERSIZED
  * from its header alone and nothing of its payload is buffered. The protocol maximum, and the default, is
- * 4096; a smaller value shrinks hil_decoder_t and hil_event_t (see the array limits below). */
+ * 4096; a smaller value shrinks hil_decoder_t and hil_event_t (see the array limits below). With 512
+ * (HIL_HELLO_PAYLOAD_MAX) or more the client connects to every conforming server, whose SERVER_HELLO is at
+ * most that long; it must then subscribe only to frames that fit (README.md, "Small frame buffers"). */
 #ifndef HIL_MAX_PAYLOAD
 #define HIL_MAX_PAYLOAD 4096
 #endif
@@ -49,6 +51,7 @@ extern "C" {
 #define HIL_PROTOCOL_MAX_PAYLOAD 4096 /* the encoder's limit: what any conforming receiver accepts */
 #define HIL_MAX_FRAME (HIL_HEADER_SIZE + HIL_MAX_PAYLOAD + HIL_CRC_SIZE)
 #define HIL_MAX_STRING 255
+#define HIL_HELLO_PAYLOAD_MAX 512 /* a server's SERVER_HELLO payload is at most this (SPEC.md section 4) */
 #define HIL_AUTH_CHALLENGE_SIZE 16
 #define HIL_AUTH_RESPONSE_SIZE 32
 #define HIL_HASH_SIZE 32

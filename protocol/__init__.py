@@ -13,6 +13,7 @@ from ._constants import (
     CRC_SIZE,
     HASH_SIZE,
     HEADER_SIZE,
+    HELLO_PAYLOAD_MAX,
     MAX_FRAME_SIZE,
     MAX_PAYLOAD_SIZE,
     MAX_STRING_BYTES,
@@ -36,6 +37,7 @@ from ._decoder import NEED_DATA, Frame, FrameDecoder, NeedData
 from ._encoder import FrameEncoder
 from ._errors import DecodeErrorKind, LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._framing import DecoderStats, FrameSplitter
+from ._hello import bounded_hello, truncate_utf8
 from ._messages import (
     CELL_STATE_DTYPE,
     MESSAGE_CLASSES,
@@ -71,6 +73,7 @@ __all__ = [
     "DEVICE_TRANSITIONS",
     "HASH_SIZE",
     "HEADER_SIZE",
+    "HELLO_PAYLOAD_MAX",
     "MAX_FRAME_SIZE",
     "MAX_PAYLOAD_SIZE",
     "MAX_STRING_BYTES",
@@ -118,6 +121,7 @@ __all__ = [
     "Subscribe",
     "SubscribeMask",
     "auth_response",
+    "bounded_hello",
     "crc16_ccitt_false",
     "crc32c",
     "decode_payload",
@@ -127,5 +131,6 @@ __all__ = [
     "frame_payload",
     "negotiate_version",
     "new_challenge",
+    "truncate_utf8",
     "verify_response",
 ]

@@ -19,6 +19,10 @@ MAX_PAYLOAD_SIZE = 4096
 MAX_FRAME_SIZE = HEADER_SIZE + MAX_PAYLOAD_SIZE + CRC_SIZE
 
 MAX_STRING_BYTES = 255
+HELLO_PAYLOAD_MAX = 512
+"""Largest SERVER_HELLO payload a server sends (SPEC.md section 4): the first frame of a connection comes
+before the client can say anything, so it must fit a small receive buffer. A longer hello goes out with its
+frequency grid empty and, if still too long, its strings shortened (``bounded_hello``)."""
 AUTH_CHALLENGE_SIZE = 16
 AUTH_RESPONSE_SIZE = 32
 HASH_SIZE = 32

@@ -238,6 +238,23 @@ def valid_messages() -> list[tuple[str, str, p.Message, int]]:
             p.Nak(9, p.UNPARSED_COMMAND, p.ErrorCode.BAD_CRC, "frame CRC mismatch"),
             0,
         ),
+        # appended (SPEC.md 10): a hello as a server sends one whose full form exceeds HELLO_PAYLOAD_MAX
+        (
+            "server_hello_bounded",
+            f"ServerHello of a 337-point grid and two 255-byte names, as sent: within {p.HELLO_PAYLOAD_MAX} "
+            "bytes, grid empty, names cut to 202 bytes at a UTF-8 boundary (payload 511 bytes)",
+            p.bounded_hello(
+                p.ServerHello(
+                    cell_count=96,
+                    step_period_us=100_000,
+                    server_version="0.1.0",
+                    model_id="m" * p.MAX_STRING_BYTES,
+                    scenario_id="x" + "\u00b0" * 127,
+                    freq_hz=np.logspace(5, -3, 337).astype(np.float32),
+                )
+            ),
+            0,
+        ),
     ]
 
 

@@ -1,4 +1,4 @@
-/* hil_serial_client device baud [--secret S] [--name N]
+/* hil_serial_client device baud [--secret S] [--name N] [--cells LIST] [--points]
  * The same session as hil_tcp_client over a serial line (e.g. /dev/ttyUSB0 115200), in raw 8N1 mode
  * without flow control. If the bridge sends no SERVER_HELLO, the frames it streams are printed anyway. */
 #define _POSIX_C_SOURCE 200809L
@@ -76,12 +76,13 @@ int main(int argc, char **argv)
     speed_t speed;
     int rc;
     if (argc < 3 || baud_constant(strtol(argv[2], NULL, 10), &speed) < 0) {
-        fprintf(stderr, "usage: %s device baud [--secret S] [--name N] (baud: 9600 .. 921600)\n", argv[0]);
+        fprintf(stderr, "usage: %s device baud [--secret S] [--name N] [--cells LIST] [--points] (baud: 9600 .. 921600)\n",
+                argv[0]);
         return 1;
     }
     s.name = "hil_serial_client";
     if (session_options(&s, argc, argv) < 0) {
-        fprintf(stderr, "usage: %s device baud [--secret S] [--name N]\n", argv[0]);
+        fprintf(stderr, "usage: %s device baud [--secret S] [--name N] [--cells LIST] [--points]\n", argv[0]);
         return 1;
     }
     s.fd = open_serial(argv[1], speed);

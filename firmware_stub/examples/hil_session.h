@@ -4,7 +4,12 @@
  *
  * Session (SPEC.md section 6): wait for SERVER_HELLO, answer CLIENT_HELLO (with the MAC when the server
  * asks for authentication), SUBSCRIBE once the hello is acknowledged, print every cell-state and spectrum
- * frame on one line, send a HEARTBEAT every second, stop on BYE or end of stream. */
+ * frame on one line, send a HEARTBEAT every second, stop on BYE or end of stream.
+ *
+ * Options (after the two positional arguments): --secret S, --name N, --cells 0,3,7 (subscribe to these
+ * cells only; default all), --points (EIS_POINT in sweep mode instead of whole EIS_SPECTRUMs). A build with
+ * a small HIL_MAX_PAYLOAD (512) needs both: a CELL_STATES of more than 20 cells or a spectrum of more than
+ * 39 points would not fit its buffer and be reported OVERSIZED (SPEC.md section 4, SERVER_HELLO). */
 #ifndef HIL_SESSION_H
 #define HIL_SESSION_H
 
@@ -25,6 +30,9 @@ typedef struct {
     uint32_t tx_frames;
     uint32_t hello_seq;
     int hello_sent, subscribed;
+    int points;                  /* --points: EIS_POINT (sweep) instead of EIS_SPECTRUM */
+    uint16_t cells[64];          /* --cells: the cells to subscribe to; none = all */
+    uint16_t n_cells;
     uint64_t last_t_sim_us; /* echoed in our heartbeats */
     hil_decoder_t dec;
     hil_event_t ev;
@@ -112,10 +120,12 @@ static int on_frame(session_t *s)
                (long long)m->ack.result);
         if (s->hello_sent && !s->subscribed && m->ack.ack_seq == s->hello_seq) {
             s->subscribed = 1;
-            return send_all(s, hil_encode_subscribe(s->tx, sizeof s->tx, s->tx_seq,
-                                                    HIL_SUB_CELL_STATES | HIL_SUB_EIS_SPECTRUM |
-                                                        HIL_SUB_FAULT_EVENT | HIL_SUB_HEARTBEAT,
-                                                    1, HIL_EIS_SCENARIO_DEFAULT, NULL, 0));
+            return send_all(s, hil_encode_subscribe(
+                                   s->tx, sizeof s->tx, s->tx_seq,
+                                   HIL_SUB_CELL_STATES | (s->points ? HIL_SUB_EIS_POINT : HIL_SUB_EIS_SPECTRUM) |
+                                       HIL_SUB_FAULT_EVENT | HIL_SUB_HEARTBEAT,
+                                   1, (uint8_t)(s->points ? HIL_EIS_SWEEP : HIL_EIS_SCENARIO_DEFAULT),
+                                   s->n_cells ? s->cells : NULL, s->n_cells));
         }
         return 0;
     case HIL_MSG_CELL_STATES: {
@@ -141,6 +151,14 @@ static int on_frame(session_t *s)
             printf(" | %.9g Hz %.9g %+.9g ohm", (double)p->freq_hz[i], (double)p->z_re_ohm[i],
                    (double)p->z_im_ohm[i]);
         printf("\n");
+        return 0;
+    }
+    case HIL_MSG_EIS_POINT: {
+        const hil_eis_point_t *p = &m->eis_point;
+        s->last_t_sim_us = p->t_sim_us;
+        printf("EIS_POINT seq %lu t_sim_us %llu cell %u id %lu point %u of %u | %.9g Hz %.9g %+.9g ohm\n",
+               (unsigned long)e->seq, (unsigned long long)p->t_sim_us, p->cell, (unsigned long)p->spectrum_id,
+               p->point_index, p->n_points, (double)p->freq_hz, (double)p->z_re_ohm, (double)p->z_im_ohm);
         return 0;
     }
     case HIL_MSG_FAULT_EVENT:
@@ -172,24 +190,61 @@ static int on_event(session_t *s, hil_event_kind_t kind)
 {
     if (kind == HIL_EV_FRAME)
         return on_frame(s);
+    if (kind == HIL_EV_OVERSIZED && s->ev.msg_type == HIL_MSG_SERVER_HELLO && !s->hello_sent) {
+        /* SPEC.md section 4: a conforming server's hello fits 512 bytes; this one cannot be read */
+        fprintf(stderr, "SERVER_HELLO of %u bytes exceeds HIL_MAX_PAYLOAD %d: cannot connect\n",
+                (unsigned)s->ev.payload_len, HIL_MAX_PAYLOAD);
+        return -1;
+    }
     /* A bad frame never ends the session (SPEC.md section 5): count it (the decoder does) and log it. */
     printf("decoder: %s, %lu bytes\n", hil_event_kind_name(kind), (unsigned long)s->ev.nbytes);
     return 0;
 }
 
-/* Options after the two positional arguments: [--secret S] [--name N]. Returns 0, or -1 on anything else. */
+/* "0,3,7" into s->cells. Returns 0, or -1 for anything but up to 64 numbers 0..65534 separated by commas. */
+static int parse_cells(session_t *s, const char *text)
+{
+    unsigned long v = 0;
+    int digits = 0;
+    s->n_cells = 0;
+    for (;; text++) {
+        if (*text >= '0' && *text <= '9' && v <= 65534u) {
+            v = v * 10u + (unsigned long)(*text - '0');
+            digits++;
+        } else if ((*text == ',' || *text == '\0') && digits && v <= 65534u &&
+                   s->n_cells < sizeof s->cells / sizeof s->cells[0]) {
+            s->cells[s->n_cells++] = (uint16_t)v;
+            if (*text == '\0')
+                return 0;
+            v = 0;
+            digits = 0;
+        } else {
+            return -1;
+        }
+    }
+}
+
+/* Options after the two positional arguments: [--secret S] [--name N] [--cells LIST] [--points]. Returns 0,
+ * or -1 on anything else. */
 static int session_options(session_t *s, int argc, char **argv)
 {
     int i;
-    for (i = 3; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--secret") == 0)
-            s->secret = argv[i + 1];
+    for (i = 3; i < argc; i++) {
+        if (strcmp(argv[i], "--points") == 0)
+            s->points = 1;
+        else if (i + 1 == argc)
+            return -1;
+        else if (strcmp(argv[i], "--secret") == 0)
+            s->secret = argv[++i];
         else if (strcmp(argv[i], "--name") == 0)
-            s->name = argv[i + 1];
-        else
-            break;
+            s->name = argv[++i];
+        else if (strcmp(argv[i], "--cells") == 0) {
+            if (parse_cells(s, argv[++i]) < 0)
+                return -1;
+        } else
+            return -1;
     }
-    return i == argc ? 0 : -1;
+    return 0;
 }
 
 /* Run the session until BYE (returns 0), end of stream (0) or an error (1). */

@@ -1,4 +1,4 @@
-/* hil_tcp_client host port [--secret S] [--name N]
+/* hil_tcp_client host port [--secret S] [--name N] [--cells LIST] [--points]
  * Connects to an eis-hil server over TCP, subscribes and prints cell states and spectra, one line each.
  * Exit status 0 on BYE or end of stream, 1 on error. */
 #define _POSIX_C_SOURCE 200809L
@@ -42,12 +42,12 @@ int main(int argc, char **argv)
     static session_t s;
     int rc;
     if (argc < 3) {
-        fprintf(stderr, "usage: %s host port [--secret S] [--name N]\n", argv[0]);
+        fprintf(stderr, "usage: %s host port [--secret S] [--name N] [--cells LIST] [--points]\n", argv[0]);
         return 1;
     }
     s.name = "hil_tcp_client";
     if (session_options(&s, argc, argv) < 0) {
-        fprintf(stderr, "usage: %s host port [--secret S] [--name N]\n", argv[0]);
+        fprintf(stderr, "usage: %s host port [--secret S] [--name N] [--cells LIST] [--points]\n", argv[0]);
         return 1;
     }
     signal(SIGPIPE, SIG_IGN); /* a closed peer is an error return from write, not a signal */

@@ -334,7 +334,7 @@ static void test_encoder_roundtrip(void)
 static void test_encoder_limits(void)
 {
     static uint16_t cells[2100];
-    static uint8_t out[HIL_MAX_FRAME + 64];
+    static uint8_t out[HIL_OVERHEAD + HIL_PROTOCOL_MAX_PAYLOAD + 64]; /* the encoder's limit, not the decoder's */
     char name[256];
     size_t n;
     memset(name, 'a', sizeof name);
@@ -350,22 +350,92 @@ static void test_encoder_limits(void)
             HIL_OVERHEAD + 38);
     check_u("subscribe over the payload maximum",
             hil_encode_subscribe(out, sizeof out, 1, HIL_SUB_ALL, 1, 0, cells, 2044), 0);
-    cells[2042] = 95;
     n = hil_encode_subscribe(out, sizeof out, 1, HIL_SUB_ALL, 1, 0, cells, 2043);
-    check_u("subscribe at the payload maximum", n, HIL_MAX_FRAME);
+    check_u("subscribe at the payload maximum", n, HIL_OVERHEAD + HIL_PROTOCOL_MAX_PAYLOAD);
     end();
 
-    /* The maximal frame decodes; one byte more in the length field is OVERSIZED. */
+    /* A frame of exactly HIL_MAX_PAYLOAD decodes; with one more cell (in a build below the protocol
+     * maximum) it is OVERSIZED, reported from its 14-byte header. */
     begin("decoder", "payload of exactly HIL_MAX_PAYLOAD");
     {
         size_t used;
+        cells[HIL_MAX_SUBSCRIBE_CELLS - 1] = 95;
+        n = hil_encode_subscribe(out, sizeof out, 1, HIL_SUB_ALL, 1, 0, cells, HIL_MAX_SUBSCRIBE_CELLS);
+        check_u("frame size", n, HIL_MAX_FRAME);
         hil_decoder_init(&dec);
         check_u("kind", hil_decoder_feed(&dec, out, n, &used, &ev), HIL_EV_FRAME);
-        check_u("n_cells", ev.msg.subscribe.n_cells, 2043);
-        check_u("last cell", ev.msg.subscribe.cells[2042], 95);
+        check_u("n_cells", ev.msg.subscribe.n_cells, HIL_MAX_SUBSCRIBE_CELLS);
+        check_u("last cell", ev.msg.subscribe.cells[HIL_MAX_SUBSCRIBE_CELLS - 1], 95);
         check_u("finish", hil_decoder_finish(&dec, &ev), HIL_EV_NEED_MORE);
+#if HIL_MAX_PAYLOAD < HIL_PROTOCOL_MAX_PAYLOAD
+        n = hil_encode_subscribe(out, sizeof out, 1, HIL_SUB_ALL, 1, 0, cells, HIL_MAX_SUBSCRIBE_CELLS + 1);
+        hil_decoder_init(&dec);
+        check_u("one cell more", hil_decoder_feed(&dec, out, n, &used, &ev), HIL_EV_OVERSIZED);
+        check_u("oversized nbytes", ev.nbytes, HIL_HEADER_SIZE);
+#endif
     }
     end();
+}
+
+/* A frame around `payload` (header, both CRCs), as a server would send it. Returns its length. */
+static size_t frame(uint8_t *out, uint8_t msg_type, const uint8_t *payload, size_t len, uint32_t seq)
+{
+    uint16_t hcrc;
+    uint32_t fcrc;
+    out[0] = HIL_SYNC0;
+    out[1] = HIL_SYNC1;
+    out[2] = HIL_PROTOCOL_VERSION;
+    out[3] = msg_type;
+    out[4] = out[5] = 0;
+    out[6] = (uint8_t)(len & 0xFFu);
+    out[7] = (uint8_t)(len >> 8);
+    out[8] = (uint8_t)(seq & 0xFFu);
+    out[9] = (uint8_t)((seq >> 8) & 0xFFu);
+    out[10] = (uint8_t)((seq >> 16) & 0xFFu);
+    out[11] = (uint8_t)(seq >> 24);
+    hcrc = hil_crc16_ccitt_false(out, 12);
+    out[12] = (uint8_t)(hcrc & 0xFFu);
+    out[13] = (uint8_t)(hcrc >> 8);
+    memcpy(out + HIL_HEADER_SIZE, payload, len);
+    fcrc = hil_crc32c(out, HIL_HEADER_SIZE + len);
+    out[HIL_HEADER_SIZE + len] = (uint8_t)(fcrc & 0xFFu);
+    out[HIL_HEADER_SIZE + len + 1] = (uint8_t)((fcrc >> 8) & 0xFFu);
+    out[HIL_HEADER_SIZE + len + 2] = (uint8_t)((fcrc >> 16) & 0xFFu);
+    out[HIL_HEADER_SIZE + len + 3] = (uint8_t)(fcrc >> 24);
+    return HIL_OVERHEAD + len;
+}
+
+/* SPEC.md section 4: a server's SERVER_HELLO payload is at most HIL_HELLO_PAYLOAD_MAX (512) bytes, its grid
+ * possibly empty. The longest such hello (no grid, names of 255 and 154 bytes) decodes in every build of
+ * at least 512 bytes; one byte more is what a non-conforming server would send: OVERSIZED below 513. */
+static void test_hello_bound(void)
+{
+    static uint8_t payload[HIL_HELLO_PAYLOAD_MAX + 1], out[HIL_OVERHEAD + HIL_HELLO_PAYLOAD_MAX + 1];
+    size_t n, used, extra;
+    for (extra = 0; extra <= 1; extra++) {
+        begin("server_hello", extra ? "one byte over the bound" : "at the bound, grid empty");
+        memset(payload, 0, sizeof payload);
+        payload[0] = payload[1] = 1; /* proto_max_major, proto_min_major */
+        payload[12] = 8;             /* cell_count */
+        payload[100] = 0;            /* server_version: empty */
+        payload[101] = 255;          /* model_id */
+        memset(payload + 102, 'm', 255);
+        payload[357] = (uint8_t)(154 + extra); /* scenario_id */
+        memset(payload + 358, 's', 154 + extra);
+        n = frame(out, HIL_MSG_SERVER_HELLO, payload, HIL_HELLO_PAYLOAD_MAX + extra, 0);
+        hil_decoder_init(&dec);
+        if (HIL_MAX_PAYLOAD >= HIL_HELLO_PAYLOAD_MAX + extra) {
+            check_u("kind", hil_decoder_feed(&dec, out, n, &used, &ev), HIL_EV_FRAME);
+            check_u("n_freq", ev.msg.server_hello.n_freq, 0);
+            check_u("cell_count", ev.msg.server_hello.cell_count, 8);
+            check_u("model_id", ev.msg.server_hello.model_id.len, 255);
+            check_u("scenario_id", ev.msg.server_hello.scenario_id.len, 154 + extra);
+        } else {
+            check_u("kind", hil_decoder_feed(&dec, out, n, &used, &ev), HIL_EV_OVERSIZED);
+            check_u("msg_type", ev.msg_type, HIL_MSG_SERVER_HELLO);
+        }
+        end();
+    }
 }
 
 /* ---- checksums and authentication ------------------------------------------------------------------- */
@@ -464,6 +534,19 @@ int main(void)
     test_concatenated();
     test_encoder_roundtrip();
     test_encoder_limits();
+    test_hello_bound();
+    begin("vectors.json", "vectors that fit HIL_MAX_PAYLOAD");
+    {
+        size_t i, bounded = 0;
+        for (i = 0; i < N_VECTORS; i++)
+            bounded += strcmp(VECTORS[i].name, "server_hello_bounded") == 0;
+        check_u("server_hello_bounded runs", bounded, HIL_MAX_PAYLOAD >= HIL_HELLO_PAYLOAD_MAX);
+        if (HIL_MAX_PAYLOAD == HIL_PROTOCOL_MAX_PAYLOAD)
+            check_u("every vector runs", N_VECTORS, N_VECTORS_GENERATED);
+        printf("%lu of %u vectors fit HIL_MAX_PAYLOAD %d\n", (unsigned long)N_VECTORS, N_VECTORS_GENERATED,
+               HIL_MAX_PAYLOAD);
+    }
+    end();
     printf("sizeof(hil_decoder_t) = %lu, sizeof(hil_event_t) = %lu (HIL_MAX_PAYLOAD %d)\n",
            (unsigned long)sizeof(hil_decoder_t), (unsigned long)sizeof(hil_event_t), HIL_MAX_PAYLOAD);
     printf("%u passed, %u failed\n", n_passed, n_failed);

@@ -302,8 +302,8 @@ class EngineSource:
             model_hash=bytes.fromhex(ident.model_sha256),
             scenario_hash=ident.scenario_sha256,
             server_version=self.server_version,
-            model_id=ident.model_id[:255],
-            scenario_id=ident.scenario_id[:255],
+            model_id=p.truncate_utf8(ident.model_id),
+            scenario_id=p.truncate_utf8(ident.scenario_id),
             freq_hz=e.freq_hz,
         )
 

@@ -292,7 +292,7 @@ class HilServer(StreamScheduler, StreamControl):
         if isinstance(self.source, EngineSource):
             mode = self.source.engine.scenario.eis.mode
             self._default_mode = int(p.EisMode.SWEEP if mode == "sweep" else p.EisMode.INSTANT)
-        self._hello_template = hello
+        self._hello_template = p.bounded_hello(hello)
         self._record(int(hello.MSG_TYPE), p.encode_payload(hello))
 
     @property
@@ -437,6 +437,7 @@ class HilServer(StreamScheduler, StreamControl):
             )
 
     def _hello(self, session: Session) -> p.ServerHello:
+        """The hello as sent: at most ``HELLO_PAYLOAD_MAX`` bytes of payload (a recording keeps it whole)."""
         return dataclasses.replace(
             self._hello_template,
             auth_required=int(self.config.secret is not None),

@@ -28,6 +28,7 @@ from hil_server.testing import start_server
 from hil_server.transport.serial import ad5940
 from hil_server.transport.serial.bridge import SerialBridge
 from hil_server.transport.serial.budget import OutputFormat, StreamSpec, plan_budget, states_bytes
+from hil_server.transport.serial.device_session import LineSession
 from hil_server.transport.serial.line import EXIT_PORT_GONE, EXIT_UPSTREAM, BridgeConfig, SerialLine
 from hil_server.transport.serial.line_pacer import LinePacer
 from hil_server.transport.serial.port import ftdi_latency_timer, open_serial
@@ -210,6 +211,22 @@ def test_budget_says_when_the_stream_does_not_fit_and_raises_the_divider() -> No
     # speed 0: the speed at which the stream fills 90 % of the line
     paced = plan_budget(StreamSpec(1, 100_000, 61, 0.0, eis_interval_s=60.0), 115200)
     assert paced.line_speed == pytest.approx((0.9 * 11520 - paced.overhead) / (paced.states + paced.spectra))
+
+
+def test_the_line_sends_a_bounded_hello_and_budgets_a_grid_it_was_not_told() -> None:
+    """SPEC.md 4: the hello on the line is at most HELLO_PAYLOAD_MAX; a bridge whose upstream hello came
+    without its grid budgets for the longest spectrum."""
+    whole = p.ServerHello(
+        cell_count=4, step_period_us=100_000, model_id="m" * 255, freq_hz=np.logspace(4, -2, 337)
+    )
+    line = SerialLine(whole, BridgeConfig(port="unused"))
+    session = LineSession(whole, line.default, line.pacer, **line.session_options)
+    assert len(p.encode_payload(session.hello)) <= p.HELLO_PAYLOAD_MAX
+    assert session.hello.freq_hz.size == 0
+    assert session.hello.model_id == "m" * 255
+    upstream = SerialLine(session.hello, BridgeConfig(port="unused"))
+    assert line.n_freq == upstream.n_freq == 337
+    assert upstream.plan(upstream.default).spectra == line.plan(line.default).spectra > 0
 
 
 def test_pacer_never_exceeds_the_line_and_never_drops_replies() -> None:

@@ -24,6 +24,8 @@ _STATES_FIXED = p.fixed_payload_size(p.MsgType.CELL_STATES)
 _SPECTRUM_FIXED = p.fixed_payload_size(p.MsgType.EIS_SPECTRUM)
 _SPECTRUM_PER_FREQ = 3 * 4
 """freq_hz, z_re_ohm and z_im_ohm, float32 each (EisSpectrum.ARRAY_FIELDS)."""
+MAX_SPECTRUM_POINTS = (p.MAX_PAYLOAD_SIZE - _SPECTRUM_FIXED) // _SPECTRUM_PER_FREQ
+"""The most points one EIS_SPECTRUM carries (337)."""
 
 
 class BridgeError(Exception):

@@ -51,9 +51,10 @@ class LineSession(ServerSession):
 
     A *serial connection* starts when the port is first opened, after the device's BYE, and when a device
     that had said hello stays silent for ``peer_timeout_s``: the bridge's ``seq`` restarts at 0, SERVER_HELLO
-    (the stream's, with ``auth_required`` 0) is sent and repeated every ``hello_interval_s`` until a
-    CLIENT_HELLO arrives, and the default subscription (the command line's) streams until the device sends
-    its own SUBSCRIBE. A port that disappears and comes back does not start a new serial connection.
+    (the stream's, with ``auth_required`` 0, bounded by ``p.bounded_hello``) is sent and repeated every
+    ``hello_interval_s`` until a CLIENT_HELLO arrives, and the default subscription (the command line's)
+    streams until the device sends its own SUBSCRIBE. A port that disappears and comes back does not start a
+    new serial connection.
 
     Everything a server says to its peer (handshake, bad input, subscription checks, timeouts, heartbeat
     content) is ``ServerSession``'s, with the device's state table; what this class adds is the serial
@@ -82,7 +83,9 @@ class LineSession(ServerSession):
     ) -> None:
         self._peer_timeout_s = peer_timeout_s
         super().__init__(logger=log.bind(side="serial"))
-        self.hello = dataclasses.replace(hello, auth_required=0, auth_challenge=bytes(p.AUTH_CHALLENGE_SIZE))
+        self.hello = p.bounded_hello(
+            dataclasses.replace(hello, auth_required=0, auth_challenge=bytes(p.AUTH_CHALLENGE_SIZE))
+        )
         self.default = default
         self.pacer = pacer
         self.allowed_cells = allowed_cells

@@ -21,6 +21,7 @@ import structlog
 import protocol as p
 from hil_server.transport.serial.ad5940 import Ad5940Formatter, format_banner
 from hil_server.transport.serial.budget import (
+    MAX_SPECTRUM_POINTS,
     BridgeError,
     Budget,
     OutputFormat,
@@ -107,7 +108,9 @@ class SerialLine:
         else:
             self.default = Subscription(p.SubscribeMask.ALL, config.divider, 0, config.cells)
         self.rate = line_rate(config.baud)
-        biggest = max(spectrum_bytes(self.hello.freq_hz.size), states_bytes(len(config.cells) or cell_count))
+        # an upstream hello may come with its grid empty (SPEC.md 4, SERVER_HELLO): budget for the longest
+        self.n_freq = int(self.hello.freq_hz.size) or MAX_SPECTRUM_POINTS
+        biggest = max(spectrum_bytes(self.n_freq), states_bytes(len(config.cells) or cell_count))
         self.pacer = LinePacer(
             self.rate,
             limit_bytes=int(max(self.rate * config.queue_ms / 1000, 2 * min(biggest, 8 * p.MAX_FRAME_SIZE))),
@@ -159,7 +162,7 @@ class SerialLine:
         return StreamSpec(
             n_cells=len(sub.cells) or self.hello.cell_count,
             step_period_us=self.hello.step_period_us,
-            n_freq=int(self.hello.freq_hz.size),
+            n_freq=self.n_freq,
             speed=self.config.speed,
             divider=sub.divider,
             mask=sub.mask,
