@@ -63,7 +63,8 @@ class Counter(asyncio.Protocol):
 
 def _capture(path: Path, frames: int = 20_000) -> Path:
     """A capture of ``frames`` one-cell CELL_STATES, one every 100 µs, for the replay throughput."""
-    from hil_server.capture.format import CaptureWriter, hello_meta
+    from hil_server.capture.format import hello_meta
+    from hil_server.capture.writer import CaptureWriter
 
     enc = p.FrameEncoder()
     hello = p.ServerHello(cell_count=1, step_period_us=100, scenario_id="bench", freq_hz=np.ones(1))

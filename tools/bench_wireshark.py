@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 import protocol as p
-from hil_server.capture.format import DIR_RX, CaptureWriter
+from hil_server.capture.format import DIR_RX
 from hil_server.capture.pcap import export_pcap
+from hil_server.capture.writer import CaptureWriter
 
 LUA = Path(__file__).resolve().parent / "wireshark" / "eis_hil.lua"
 

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import protocol as p
-from hil_server.capture.format import DIR_RX, DIR_TX, CaptureError, CaptureWriter
+from hil_server.capture.format import DIR_RX, DIR_TX, CaptureError
+from hil_server.capture.writer import CaptureWriter
 
 if TYPE_CHECKING:
     from hil_server.client.client import HilClient

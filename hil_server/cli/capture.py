@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _repair(path: Path, data_offset: int, out: Path) -> int:
     """Copy the header and every valid record of ``path`` into the new file ``out``: the records copied.
     Written beside ``out`` and renamed when complete, so an interrupted repair leaves no half copy."""
-    from hil_server.capture.format import _fsync_dir
+    from hil_server.capture.writer import _fsync_dir
 
     capture = open_capture(path)
     copied = 0

@@ -44,7 +44,7 @@ from hil_server.transport.subscriber import Subscriber
 from protocol import SessionState
 
 if TYPE_CHECKING:
-    from hil_server.capture.format import CaptureWriter
+    from hil_server.capture.writer import CaptureWriter
 
 log = structlog.get_logger(__name__)
 

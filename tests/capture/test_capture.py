@@ -27,11 +27,11 @@ from hil_server.capture.format import (
     DIR_TX,
     Capture,
     CaptureError,
-    CaptureWriter,
     Record,
     iter_records,
     open_capture,
 )
+from hil_server.capture.writer import CaptureWriter
 from hil_server.cli import main
 from protocol import FrameSplitter
 
@@ -386,7 +386,7 @@ def test_disk_full_keeps_what_was_written(tmp_path: Path, monkeypatch: pytest.Mo
 WRITER_SCRIPT = """
 import sys
 import protocol as p
-from hil_server.capture.format import CaptureWriter
+from hil_server.capture.writer import CaptureWriter
 enc = p.FrameEncoder()
 with CaptureWriter(sys.argv[1], {"child": True}) as w:
     n = 0
@@ -434,7 +434,8 @@ def test_sigkill_mid_stream_loses_no_written_record(tmp_path: Path) -> None:
 FSIZE_SCRIPT = """
 import resource, signal, sys
 import protocol as p
-from hil_server.capture.format import CaptureError, CaptureWriter
+from hil_server.capture.format import CaptureError
+from hil_server.capture.writer import CaptureWriter
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
 resource.setrlimit(resource.RLIMIT_FSIZE, (5000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 enc = p.FrameEncoder()

@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 
 import protocol as p
-from hil_server.capture.format import DIR_RX, CaptureWriter, iter_records, open_capture
+from hil_server.capture.format import DIR_RX, iter_records, open_capture
 from hil_server.capture.pcap import PcapngWriter
+from hil_server.capture.writer import CaptureWriter
 from hil_server.cli import main
 from tests.capture.test_capture import SCENARIOS, served
 
