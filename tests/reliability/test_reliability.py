@@ -785,9 +785,9 @@ def test_hostile_scenarios_through_validate_and_serve(
     assert message in out, out[:500]
     assert "1 file(s) checked, 1 error(s)" in out
     assert main(["serve", str(path), "--port", "0"]) == 2
-    out = capsys.readouterr().out
-    assert out.startswith(f"{path}"), out[:300]
-    assert message in out, out[:500]
+    err = capsys.readouterr().err  # errors on stderr, each line naming the command
+    assert err.startswith(f"eis-hil serve: {path}"), err[:300]
+    assert message in err, err[:500]
     assert time.monotonic() - started < 5.0  # refused before any expansion or deep recursion
     assert not (tmp_path / "pwned").exists()
     assert not Path("pwned").exists()
@@ -850,7 +850,7 @@ def test_scenario_values_beyond_the_cell_are_refused_with_their_line(
     assert f"{path}" in out
     assert message in out, out
     assert main(["serve", str(path), "--port", "0"]) == 2
-    assert message in capsys.readouterr().out
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.yaml")), ids=lambda p: p.stem)
