@@ -1513,3 +1513,50 @@ def test_tensorflow_commands_silence_native_chatter_but_not_python(tmp_path: Pat
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr == "python line\nafter\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # two runs of seed 1 wrote into the one directory seed=1, each overwriting the other's files
+        (
+            ["run", str(US06), "--out", "{TMP}/r", "--seeds", "1", "2", "1"],
+            "eis-hil run: --seeds: 1 given more",
+        ),
+        # an empty name was taken as "no --out": the spectra went to stdout, exit 0
+        (
+            [
+                "spectrum",
+                "--profile",
+                "zhang2020",
+                "--soc",
+                ".5",
+                "--temp-c",
+                "25",
+                "--soh",
+                "1",
+                "--out",
+                "",
+            ],
+            "--out: an empty file name",
+        ),
+        # the integer was shown as 1.84467e+19, a different number from the one typed
+        (
+            ["serve", str(US06), "--seed", str(2**64)],
+            f"--seed {2**64}: expected an integer in [0, {2**64 - 1}]",
+        ),
+    ],
+    ids=["seeds_repeated", "out_empty", "seed_shown_as_typed"],
+)
+def test_options_refused_before_work_say_exactly_what_was_typed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    from hil_server.cli import main
+
+    argv = [word.replace("{TMP}", str(tmp_path)) for word in argv]
+    capsys.readouterr()
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert [line for line in err.splitlines() if message in line], err
+    assert not (tmp_path / "r").exists()
