@@ -1560,3 +1560,20 @@ def test_options_refused_before_work_say_exactly_what_was_typed(
     assert out == ""
     assert [line for line in err.splitlines() if message in line], err
     assert not (tmp_path / "r").exists()
+
+
+def test_export_refuses_a_directory_that_holds_an_export(
+    tmp_path: Path, recorded: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exporting a second capture into the directory of a first left the first one's spectrum files in
+    spectra/, unlisted in the new spectra_index.csv: a glob of spectra/*.csv mixed two sessions. The
+    directory is now refused before anything is read."""
+    from hil_server.cli import main
+
+    out = tmp_path / "x"
+    assert main(["export", str(recorded), "--out", str(out), "--csv-only"]) == 0
+    before = sorted(p.name for p in (out / "spectra").iterdir())
+    capsys.readouterr()
+    assert main(["export", str(recorded), "--out", str(out), "--csv-only"]) == 2
+    assert "holds an export already (spectra_index.csv); give a new directory" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "spectra").iterdir()) == before
