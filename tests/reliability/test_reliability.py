@@ -1577,3 +1577,19 @@ def test_export_refuses_a_directory_that_holds_an_export(
     assert main(["export", str(recorded), "--out", str(out), "--csv-only"]) == 2
     assert "holds an export already (spectra_index.csv); give a new directory" in capsys.readouterr().err
     assert sorted(p.name for p in (out / "spectra").iterdir()) == before
+
+
+def test_a_duration_beyond_any_run_is_refused_by_validate_not_a_crash_in_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``rest: {duration_s: 1e308}`` validated, then run and serve stopped with an internal error
+    (OverflowError: duration x step rate is infinite) when the segment started."""
+    from hil_server.cli import main
+
+    text = US06.read_text()
+    path = tmp_path / "forever.yaml"
+    path.write_text(text.replace("rest: {duration_s: 300, label: settle}", "rest: {duration_s: 1e308}"))
+    assert main(["validate", str(path)]) == 1
+    assert "rest.duration_s: expected a number in (0, 1000000000], got '1e308'" in capsys.readouterr().out
+    assert main(["run", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "got '1e308'" in capsys.readouterr().err
