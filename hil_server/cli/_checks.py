@@ -147,7 +147,8 @@ def check_value(option: str, value: float, limit: Limit) -> str | None:
     if limit.range.contains(value):
         return None
     source = f" ({limit.source})" if limit.source else ""
-    return f"{option} {value:g}: expected {limit.range.describe()}{source}"
+    shown = str(value) if isinstance(value, int) else f"{value:g}"  # an integer as typed, not 1.84467e+19
+    return f"{option} {shown}: expected {limit.range.describe()}{source}"
 
 
 def check_fields(command: str, where: str, values: dict[str, float]) -> str | None:
@@ -208,6 +209,11 @@ def check_output(path: Path, kind: str) -> str | None:
     return f"{path}: {problem}" if problem else None
 
 
+DISTINCT = frozenset({"seeds"})
+"""List options whose values must differ: ``run --seeds 1 1`` ran two runs into the one directory
+``seed=1``, each overwriting the other's files."""
+
+
 def _values(value: object) -> Sequence[object]:
     return value if isinstance(value, list | tuple) else [value]
 
@@ -239,8 +245,15 @@ def check_args(command: str, args: argparse.Namespace, names: dict[str, str] | N
                 problem = check_value(names.get(dest, _flag(dest)), item, limit)
                 if problem:
                     return problem
+    for dest in DISTINCT:
+        items = list(_values(getattr(args, dest, None) or []))
+        repeated = sorted({str(v) for v in items if items.count(v) > 1})
+        if repeated:
+            return f"{names.get(dest, _flag(dest))}: {', '.join(repeated)} given more than once"
     for dest, kind in OUTPUTS.get(command, {}).items():
         value = getattr(args, dest, None)
+        if value == "":
+            return f"{names.get(dest, _flag(dest))}: an empty file name"
         if value:
             problem = check_output(Path(value), kind)
             if problem:

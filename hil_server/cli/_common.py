@@ -211,17 +211,17 @@ def model_dir(args: argparse.Namespace) -> Path:
 
 
 def scenario_command(command: str, body: Callable[[], int]) -> int:
-    """Run a command that loads a scenario and a model: a bad scenario prints every issue (file, line, key),
-    a missing model or file is one log line; both exit 2."""
+    """Run a command that loads a scenario and a model: a bad scenario prints every issue (file, line, key)
+    on stderr, one line each; a missing model or file is one log line; both exit 2."""
     from hil_server.capture.format import CaptureError
     from hil_server.model.store import ModelLoadError
     from hil_server.scenario import ScenarioError
 
     try:
         return body()
-    except ScenarioError as exc:
+    except ScenarioError as exc:  # errors, on stderr: stdout is the command's output (validate's report)
         for issue in exc.errors:
-            write(f"{issue}\n")
+            sys.stderr.write(f"eis-hil {command}: {issue}\n")
         return 2
     except (ModelLoadError, CaptureError, ValueError, OSError) as exc:
         log.error(command, error=str(exc))

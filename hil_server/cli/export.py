@@ -32,6 +32,9 @@ def check(args: argparse.Namespace) -> str | None:
         problem = check_output(Path(args.out), FILE if args.format == "mf4" else DIRECTORY)
         if problem:
             return f"--out {problem}"
+        if args.format != "mf4" and (Path(args.out) / "spectra_index.csv").exists():
+            # its spectra/ files of another capture would stay beside the new ones, unlisted
+            return f"--out {args.out}: holds an export already (spectra_index.csv); give a new directory"
     return _check_cells(args)
 
 

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             raise SweepError(issues)
     except SweepError as exc:
         for issue in exc.errors:
-            write(f"{issue}\n")
+            sys.stderr.write(f"eis-hil sweep: {issue}\n")
         return 2
     except ModelLoadError as exc:
         log.error("sweep", error=str(exc))

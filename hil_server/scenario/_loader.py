@@ -76,6 +76,10 @@ SOH_RANGE = Range(0, 1.2, lo_open=True)
 FREQ_RANGE = Range(1e-4, 1e6)
 """Frequencies in Hz an EIS grid may hold (``eis.frequencies``, ``eis.frequencies_hz``)."""
 POS = Range(0, lo_open=True)
+MAX_DURATION_S = 1e9
+"""Longest time span a scenario may give (about 31 years): 1e308 s validated, then overflowed the step
+count (duration x step rate) when the segment started: an internal error in serve and run."""
+DURATION = Range(0, MAX_DURATION_S, lo_open=True)
 NONNEG = Range(0)
 
 _TOP_KEYS = ("name", "description", "seed", "step_rate_hz", "eis", "cells", "ambient", "timeline", "faults")
@@ -253,7 +257,7 @@ class _Builder:
         interval: float | None = 60.0
         if "interval_s" in m:
             raw = r.scalar(m["interval_s"], "eis.interval_s")
-            interval = None if raw is None else r.number(m["interval_s"], "eis.interval_s", POS)
+            interval = None if raw is None else r.number(m["interval_s"], "eis.interval_s", DURATION)
             if raw is not None and interval is None:
                 return None
         mode = r.choice(m["mode"], "eis.mode", ("instant", "sweep")) if "mode" in m else "instant"
@@ -511,7 +515,7 @@ class _Builder:
         self, m: dict[str, yaml.Node], path: str, body: yaml.Node, *, needed: bool
     ) -> tuple[float | None, Until | None]:
         duration = (
-            self.r.number(m["duration_s"], join(path, "duration_s"), POS) if "duration_s" in m else None
+            self.r.number(m["duration_s"], join(path, "duration_s"), DURATION) if "duration_s" in m else None
         )
         until = self._until(m["until"], join(path, "until")) if "until" in m else None
         if needed and "duration_s" not in m and "until" not in m:
@@ -883,7 +887,7 @@ class _Builder:
                     f"expected end_s after start_s ({start_s:g}), got {end_s:g}",
                 )
         elif "duration_s" in m:
-            duration = r.number(m["duration_s"], join(path, "duration_s"), POS)
+            duration = r.number(m["duration_s"], join(path, "duration_s"), DURATION)
         cells = self._fault_cells(m.get("cells"), join(path, "cells")) if kind not in STREAM_KINDS else None
         severity = r.number(m["severity"], join(path, "severity"), Range(0, 1)) if "severity" in m else 1.0
         seed = (

@@ -92,4 +92,4 @@ def test_run_reports_scenario_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nseed: 1\ncells:\n  count: 2\n  profile: zhang2020\ntimeline: []\n")
     assert main(["run", str(bad), "--out", str(tmp_path / "o")]) == 2
-    assert "bad.yaml" in capsys.readouterr().out
+    assert "eis-hil run: " + str(bad) + ":6: timeline" in capsys.readouterr().err  # errors on stderr

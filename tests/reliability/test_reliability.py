@@ -785,9 +785,9 @@ def test_hostile_scenarios_through_validate_and_serve(
     assert message in out, out[:500]
     assert "1 file(s) checked, 1 error(s)" in out
     assert main(["serve", str(path), "--port", "0"]) == 2
-    out = capsys.readouterr().out
-    assert out.startswith(f"{path}"), out[:300]
-    assert message in out, out[:500]
+    err = capsys.readouterr().err  # errors on stderr, each line naming the command
+    assert err.startswith(f"eis-hil serve: {path}"), err[:300]
+    assert message in err, err[:500]
     assert time.monotonic() - started < 5.0  # refused before any expansion or deep recursion
     assert not (tmp_path / "pwned").exists()
     assert not Path("pwned").exists()
@@ -850,7 +850,7 @@ def test_scenario_values_beyond_the_cell_are_refused_with_their_line(
     assert f"{path}" in out
     assert message in out, out
     assert main(["serve", str(path), "--port", "0"]) == 2
-    assert message in capsys.readouterr().out
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.yaml")), ids=lambda p: p.stem)
@@ -1513,3 +1513,83 @@ def test_tensorflow_commands_silence_native_chatter_but_not_python(tmp_path: Pat
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr == "python line\nafter\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # two runs of seed 1 wrote into the one directory seed=1, each overwriting the other's files
+        (
+            ["run", str(US06), "--out", "{TMP}/r", "--seeds", "1", "2", "1"],
+            "eis-hil run: --seeds: 1 given more",
+        ),
+        # an empty name was taken as "no --out": the spectra went to stdout, exit 0
+        (
+            [
+                "spectrum",
+                "--profile",
+                "zhang2020",
+                "--soc",
+                ".5",
+                "--temp-c",
+                "25",
+                "--soh",
+                "1",
+                "--out",
+                "",
+            ],
+            "--out: an empty file name",
+        ),
+        # the integer was shown as 1.84467e+19, a different number from the one typed
+        (
+            ["serve", str(US06), "--seed", str(2**64)],
+            f"--seed {2**64}: expected an integer in [0, {2**64 - 1}]",
+        ),
+    ],
+    ids=["seeds_repeated", "out_empty", "seed_shown_as_typed"],
+)
+def test_options_refused_before_work_say_exactly_what_was_typed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    from hil_server.cli import main
+
+    argv = [word.replace("{TMP}", str(tmp_path)) for word in argv]
+    capsys.readouterr()
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert [line for line in err.splitlines() if message in line], err
+    assert not (tmp_path / "r").exists()
+
+
+def test_export_refuses_a_directory_that_holds_an_export(
+    tmp_path: Path, recorded: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exporting a second capture into the directory of a first left the first one's spectrum files in
+    spectra/, unlisted in the new spectra_index.csv: a glob of spectra/*.csv mixed two sessions. The
+    directory is now refused before anything is read."""
+    from hil_server.cli import main
+
+    out = tmp_path / "x"
+    assert main(["export", str(recorded), "--out", str(out), "--csv-only"]) == 0
+    before = sorted(p.name for p in (out / "spectra").iterdir())
+    capsys.readouterr()
+    assert main(["export", str(recorded), "--out", str(out), "--csv-only"]) == 2
+    assert "holds an export already (spectra_index.csv); give a new directory" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "spectra").iterdir()) == before
+
+
+def test_a_duration_beyond_any_run_is_refused_by_validate_not_a_crash_in_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``rest: {duration_s: 1e308}`` validated, then run and serve stopped with an internal error
+    (OverflowError: duration x step rate is infinite) when the segment started."""
+    from hil_server.cli import main
+
+    text = US06.read_text()
+    path = tmp_path / "forever.yaml"
+    path.write_text(text.replace("rest: {duration_s: 300, label: settle}", "rest: {duration_s: 1e308}"))
+    assert main(["validate", str(path)]) == 1
+    assert "rest.duration_s: expected a number in (0, 1000000000], got '1e308'" in capsys.readouterr().out
+    assert main(["run", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "got '1e308'" in capsys.readouterr().err

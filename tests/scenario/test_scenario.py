@@ -152,7 +152,9 @@ def test_all_errors_of_a_file_are_collected(tmp_path: Path) -> None:
         (6, "timeline[1].constant_current.current_a"),
     ]
     assert str(info.value).startswith("4 errors in scenario\n")
-    assert f"{path}:5: timeline[0].rest.duration_s: expected a number > 0, got '-1'" in str(info.value)
+    assert f"{path}:5: timeline[0].rest.duration_s: expected a number in (0, 1000000000], got '-1'" in str(
+        info.value
+    )
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ CATALOGUE = [
         MINIMAL.replace("duration_s: 60", "duration_s: -5"),
         4,
         "timeline[0].rest.duration_s",
-        "expected a number > 0, got '-5'",
+        "expected a number in (0, 1000000000], got '-5'",
     ),
     Bad(
         "unknown_key_suggestion",

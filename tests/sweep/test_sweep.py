@@ -141,7 +141,7 @@ def test_bad_sweep_files_name_file_line_and_key(
     sweep = _sweep(tmp_path, body)
     out = tmp_path / "out"
     assert main(["sweep", str(sweep), "--out", str(out)]) == 2
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err  # errors on stderr
     assert f"{sweep.parent}/{expected}" in printed, printed
     assert not out.exists()  # refused before any work
 

@@ -336,7 +336,7 @@ def test_demo_with_a_bad_scenario_reports_it(tmp_path: Path, capsys: pytest.Capt
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nseed: 1\n")
     assert main(["demo", "--scenario", str(bad)]) == 2
-    assert "bad.yaml:1: timeline: missing required key" in capsys.readouterr().out
+    assert "bad.yaml:1: timeline: missing required key" in capsys.readouterr().err
 
 
 def _scenario(tmp_path: Path, extra: str = "", eis: str = "") -> Path:
