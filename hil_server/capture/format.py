@@ -29,7 +29,6 @@ import dataclasses
 import json
 import os
 import struct
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
