@@ -65,6 +65,11 @@ async def _main(args: argparse.Namespace, opener: Opener = open_serial) -> int:
         secret = read_secret(args)
     except (OSError, ValueError) as exc:
         raise BridgeError(str(exc)) from None
+    if args.scenario and secret is not None:
+        raise BridgeError(
+            "--secret-file/--secret-env authenticate upstream with --server; with --scenario there is no "
+            "upstream, and the line itself has no authentication (SECURITY.md)"
+        )
     if not args.scenario and args.speed <= 0:
         raise BridgeError("--speed 0 needs --scenario: the bridge cannot pace someone else's server")
     config = BridgeConfig(

@@ -897,7 +897,8 @@ def test_us06_drives_long_enough_to_reach_the_cut_off_it_promises() -> None:
 def test_truncated_capture_replays_up_to_its_last_whole_record(tmp_path: Path) -> None:
     """A capture cut mid-record (a crash while recording): every complete record is read back, the torn
     tail is reported with the file, its offset and why, and reading never raises."""
-    capture_mod = pytest.importorskip("hil_server.capture.format")
+    from hil_server.capture import format as capture_mod
+
     path = tmp_path / "session.eiscap"
 
     async def record() -> None:
@@ -1066,6 +1067,7 @@ def test_a_zeroed_block_is_counted_as_at_least_the_records_recognised(
 def _inputs(tmp: Path, recorded: Path) -> dict[str, str]:
     """Files the catalogue's command lines name, made in ``tmp``: {placeholder: path}."""
     (tmp / "empty.key").write_bytes(b"\n")
+    (tmp / "bench.key").write_bytes(b"a key\n")
     (tmp / "binary.csv").write_bytes(b"profile,soc,temp_c,soh\n\x00\x01\x02\xff\n")
     (tmp / "latin1.txt").write_bytes(b"1000\n100\n# 10 \xb0C\n")
     header = "spectrum_id,soc,temp_c,soh,freq_hz,z_re_ohm,z_im_ohm\n"
@@ -1098,6 +1100,12 @@ BAD_COMMAND_LINES: list[tuple[str, str, int, str]] = [
     ("empty_secret_file", "serve {US06} --port 0 --secret-file {empty.key}", 2, "the file is empty"),
     ("demo_seconds_negative", "demo --seconds -5", 2, "--seconds -5: expected a number > 0"),
     ("record_seconds_negative", "record 127.0.0.1 1 --out {TMP}/r.eiscap --seconds -1", 2, "--seconds -1"),
+    (
+        "serial_scenario_with_secret",
+        "serial-bridge --port loop:// --scenario {US06} --secret-file {bench.key}",
+        2,
+        "with --scenario there is no upstream",
+    ),
     ("export_cells_beyond", "export {CAP} --out {TMP}/x --cells 0 9", 2, "--cells 9: the capture has 1 cell"),
     ("export_plot_cells_negative", "export {CAP} --out {TMP}/x --plot-cells -1", 2, "--plot-cells -1"),
     ("spectrum_soh_0", "spectrum --profile zhang2020 --soc 0.5 --temp-c 25 --soh 0", 2, "--soh 0: expected"),
@@ -1366,7 +1374,8 @@ def _eis_hil() -> list[str]:
 
 
 def test_sigterm_during_serve_says_bye_exits_0_and_keeps_the_recording(tmp_path: Path) -> None:
-    capture_mod = pytest.importorskip("hil_server.capture.format")
+    from hil_server.capture import format as capture_mod
+
     recording = tmp_path / "rec.eiscap"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(

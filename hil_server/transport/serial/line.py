@@ -214,7 +214,8 @@ class SerialLine:
         if self.exit_code in (None, EXIT_UPSTREAM) and self.port is not None:
             if self.config.fmt is OutputFormat.PROTOCOL:
                 self.pacer.drop_telemetry()  # the BYE goes out next, not after the queued stream
-                bye = p.Bye(p.ErrorCode.SHUTDOWN, self.exit_message[:200] or "bridge stopping")
+                text = p.truncate_utf8(self.exit_message, p.MAX_STRING_BYTES) or "bridge stopping"
+                bye = p.Bye(p.ErrorCode.SHUTDOWN, text)  # a BYE text is at most 255 bytes, not characters
                 self.session.reply(bye, self.clock())
             self._wake.set()
             deadline = self.clock() + 1.0 + len(self.pacer.queue) * 64 / self.rate
