@@ -45,7 +45,7 @@ async def start_server(
     source = EngineSource(engine, identity, __version__)
     recorder = None
     if record is not None:
-        from hil_server.capture.format import hello_meta
+        from hil_server.capture.meta import hello_meta
         from hil_server.capture.writer import CaptureWriter
 
         info = hello_meta(source.hello(), recorder="eis-hil serve --record", scenario_path=str(scenario))

@@ -63,7 +63,7 @@ class Counter(asyncio.Protocol):
 
 def _capture(path: Path, frames: int = 20_000) -> Path:
     """A capture of ``frames`` one-cell CELL_STATES, one every 100 µs, for the replay throughput."""
-    from hil_server.capture.format import hello_meta
+    from hil_server.capture.meta import hello_meta
     from hil_server.capture.writer import CaptureWriter
 
     enc = p.FrameEncoder()

@@ -19,8 +19,8 @@ Every record carries its own CRC-32C, so a write cut short by a crash is detecte
 (``kill -9``, a crash) loses no record whose ``write()`` returned. What an OS crash or power loss can lose is
 bounded by ``sync_interval_s`` (fsync) and by ``flush()``/``close()``.
 
-This module imports only the standard library and ``crc32c``: no numpy, no protocol package, so a writer
-in a small subprocess or a replay tool starts fast.
+This module imports only the standard library, ``crc32c`` and structlog: no numpy, no protocol package, so a
+writer in a small subprocess or a replay tool starts fast.
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ from typing import Any
 
 import crc32c as _crc32c
 import structlog
-
-from hil_server.capture.meta import hello_meta
 
 log = structlog.get_logger(__name__)
 
@@ -392,7 +390,6 @@ __all__ = [
     "DamagedSpan",
     "RawRecord",
     "Record",
-    "hello_meta",
     "iter_records",
     "lost_count",
     "open_capture",

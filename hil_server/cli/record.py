@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import structlog
 
 import protocol as p
-from hil_server.capture.format import CaptureError, hello_meta
+from hil_server.capture.format import CaptureError
+from hil_server.capture.meta import hello_meta
 from hil_server.capture.recorder import RecordTap, recording_client_class
 from hil_server.capture.writer import CaptureWriter
 from hil_server.cli._common import Progress, add_secret_args, cell_index, read_secret

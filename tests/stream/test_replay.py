@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import protocol as p
-from hil_server.capture.format import DIR_RX, hello_meta, open_capture
+from hil_server.capture.format import DIR_RX, open_capture
+from hil_server.capture.meta import hello_meta
 from hil_server.capture.writer import CaptureWriter
 from hil_server.cli import main
 from hil_server.client.client import HilClient
