@@ -79,6 +79,10 @@ def host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"--server {text!r}: expected HOST:PORT, e.g. 127.0.0.1:7700")
+    if not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"--server {text!r}: port {port} outside 1..65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # [::1]:7700, an IPv6 address in brackets
     return host or "127.0.0.1", int(port)
 
 
